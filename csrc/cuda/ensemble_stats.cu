@@ -1,0 +1,104 @@
+// CUDA kernels for the teacher-ensemble statistics (SPEC section 1): one block per position; pass 1 merges
+// per-thread streaming log-sum-exps of each member, pass 2 accumulates the per-class moments
+// (edd_ext/ensemble_math.h) and writes the [V] rows; row sums are reduced in float64. No host sync; the
+// kernel runs on the current stream.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "edd_ext/cuda/block_reduce.cuh"
+#include "edd_ext/ensemble_stats_host.h"
+
+namespace edd_ext {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+__global__ void ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t members,
+                                      int64_t vocab, acc_t inv_t, acc_t inv_m, acc_t log_m, bool smooth,
+                                      acc_t log1m_eps, acc_t log_eps_v, acc_t* __restrict__ mean_probs,
+                                      acc_t* __restrict__ mean_log_probs, acc_t* __restrict__ measures) {
+  extern __shared__ unsigned char shared_raw[];
+  acc_t* lse = reinterpret_cast<acc_t*>(shared_raw);  // [members]
+  __shared__ acc_t lse_scratch[2 * cuda::kMaxWarps];
+  __shared__ double sum_scratch[math::kNumMeasures * cuda::kMaxWarps];
+
+  for (int64_t n = blockIdx.x; n < positions; n += gridDim.x) {
+    const scalar_t* row = logits + n * members * vocab;
+    for (int64_t m = 0; m < members; ++m) {
+      math::OnlineLogSumExp<acc_t> acc;
+      const scalar_t* u = row + m * vocab;
+      for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) acc.push(acc_t(u[k]) * inv_t);
+      const acc_t total = cuda::block_logsumexp(acc, lse_scratch);
+      if (threadIdx.x == 0) lse[m] = total;
+    }
+    __syncthreads();
+    double sums[math::kNumMeasures] = {0, 0, 0, 0, 0};
+    for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
+      math::MemberMoments<acc_t> moments;
+      for (int64_t m = 0; m < members; ++m) {
+        acc_t l = acc_t(row[m * vocab + k]) * inv_t - lse[m];
+        if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
+        moments.push(l);
+      }
+      const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
+#pragma unroll
+      for (int i = 0; i < math::kNumMeasures; ++i) sums[i] += double(terms.measure[i]);
+      if (mean_probs != nullptr) {
+        mean_probs[n * vocab + k] = terms.mean_prob;
+        mean_log_probs[n * vocab + k] = terms.mean_log_prob;
+      }
+    }
+    cuda::block_sum(sums, sum_scratch);
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = acc_t(sums[i]);
+    }
+    __syncthreads();  // lse[] is rewritten by the next position
+  }
+}
+
+EnsembleStatsProblem run(const at::Tensor& teacher_logits, double temperature, double smoothing, bool with_rows) {
+  EnsembleStatsProblem p = make_ensemble_stats_problem(teacher_logits, temperature, smoothing, with_rows);
+  if (p.positions == 0) return p;
+  const c10::cuda::CUDAGuard guard(p.logits.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int threads = cuda::threads_for(p.vocab);
+  const int64_t blocks = std::min<int64_t>(p.positions, 65535L * 32);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::ensemble_stats_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const size_t shared = sizeof(acc_t) * size_t(p.members);
+    ensemble_stats_kernel<scalar_t, acc_t><<<blocks, threads, shared, stream>>>(
+        p.logits.const_data_ptr<scalar_t>(), p.positions, p.members, p.vocab, acc_t(p.inv_temperature),
+        acc_t(p.inv_members), acc_t(p.log_members), p.smooth, acc_t(p.log1m_eps), acc_t(p.log_eps_over_v),
+        with_rows ? p.mean_probs.mutable_data_ptr<acc_t>() : nullptr,
+        with_rows ? p.mean_log_probs.mutable_data_ptr<acc_t>() : nullptr, p.measures.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ensemble_stats_cuda(const at::Tensor& teacher_logits,
+                                                                   double temperature, double smoothing) {
+  EnsembleStatsProblem p = run(teacher_logits, temperature, smoothing, /*with_rows=*/true);
+  return {p.mean_probs, p.mean_log_probs, p.measures};
+}
+
+at::Tensor ensemble_uncertainty_cuda(const at::Tensor& teacher_logits, double temperature, double smoothing) {
+  return run(teacher_logits, temperature, smoothing, /*with_rows=*/false).measures;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edd_ext, CUDA, m) {
+  m.impl("ensemble_stats", &ensemble_stats_cuda);
+  m.impl("ensemble_uncertainty", &ensemble_uncertainty_cuda);
+}
+
+}  // namespace edd_ext

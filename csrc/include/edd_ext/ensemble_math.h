@@ -1,0 +1,78 @@
+// Per-class ensemble statistics (SPEC section 1), shared by the CPU and CUDA kernels.
+//
+// For one class k of one position, the M members' log-probabilities l_m = u_mk / T - lse_m are pushed
+// into `MemberMoments`; `finish` turns their moments into the class's contribution to every measure.
+// Each contribution is computed in a form that is non-negative term by term, so that the row sums never
+// subtract two large numbers:
+//   TU_k   = -p ln p                          (p = mean_m p_m)
+//   DU_k   = -E[p_m l_m]
+//   MI_k   = -p ln p + E[p_m l_m]             >= 0 (concavity of -x ln x)
+//   EPKL_k = E[p_m l_m] - p * E[l_m]          >= 0 (covariance of p_m and l_m = ln p_m)
+//   RMI_k  = p (ln p - E[l_m])                >= 0 (Jensen)
+// so that MI = TU - DU and EPKL = MI + RMI hold to rounding, and identical members give exactly 0.
+#pragma once
+
+#include "edd_ext/macros.h"
+#include "edd_ext/softmax.h"
+
+namespace edd_ext {
+namespace math {
+
+constexpr int kNumMeasures = 5;  // total, data, mutual_information, epkl, rmi (edd_ext/types.py order)
+
+// Central label smoothing in log space: ln((1 - eps) exp(l) + eps / V).
+template <typename T>
+EDD_HD T smooth_log_prob(T log_prob, T log1m_eps, T log_eps_over_v) {
+  return logaddexp(log_prob + log1m_eps, log_eps_over_v);
+}
+
+// A term that is >= 0 mathematically: rounding below zero is clamped, NaN propagates.
+template <typename T>
+EDD_HD T clamp_rounding(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
+template <typename T>
+struct ClassTerms {
+  T mean_prob;      // p
+  T mean_log_prob;  // E[l_m]
+  T measure[kNumMeasures];
+};
+
+template <typename T>
+struct MemberMoments {
+  T sum_p = T(0);
+  T sum_l = T(0);
+  T sum_pl = T(0);
+  T max_l = neg_inf<T>();
+
+  EDD_HD void push(T log_prob) {
+    const T p = exp_(log_prob);
+    sum_p += p;
+    sum_l += log_prob;
+    sum_pl += p * log_prob;  // p -> 0 faster than l -> -inf: 0 for underflowed p
+    max_l = max_(max_l, log_prob);
+  }
+
+  EDD_HD ClassTerms<T> finish(T inv_members, T log_members) const {
+    ClassTerms<T> out;
+    const T p = sum_p * inv_members;
+    const T mean_l = sum_l * inv_members;
+    const T mean_pl = sum_pl * inv_members;
+    // ln p from the summed probabilities; when they underflow, from the largest member's log-probability
+    // (then p ln p is 0 to working precision either way, but RMI's p (ln p - E[l]) stays well defined).
+    const T log_p = sum_p > T(0) ? log_(sum_p) - log_members : max_l - log_members;
+    const T p_log_p = p * log_p;
+    out.mean_prob = p;
+    out.mean_log_prob = mean_l;
+    out.measure[0] = -p_log_p;
+    out.measure[1] = -mean_pl;
+    out.measure[2] = clamp_rounding(mean_pl - p_log_p);
+    out.measure[3] = clamp_rounding(mean_pl - p * mean_l);
+    out.measure[4] = clamp_rounding(p * (log_p - mean_l));
+    return out;
+  }
+};
+
+}  // namespace math
+}  // namespace edd_ext

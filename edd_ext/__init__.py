@@ -1,0 +1,21 @@
+"""edd_ext: fused ensemble-distribution-distillation losses and uncertainty measures for PyTorch.
+
+See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
+"""
+from . import metrics, uncertainty
+from ._ops import cuda_built, has_extension
+from .stats import ensemble_stats
+from .types import DirichletUncertainty, EnsembleStats, Uncertainty
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ensemble_stats",
+    "uncertainty",
+    "metrics",
+    "EnsembleStats",
+    "Uncertainty",
+    "DirichletUncertainty",
+    "has_extension",
+    "cuda_built",
+]

@@ -1,0 +1,210 @@
+"""Command line of the demo: ``python -m edd_ext.demo [--quick] [--output-dir DIR] ...`` (or ``edd-demo``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from . import _api
+from .corpus import Corpus, file_corpus, read_lines, toy_corpus
+from .decode import DirichletSystem, EnsembleSystem, LogitSystem, System
+from .evaluate import evaluate_system, mean_auroc, sample_translations
+from .model import ModelConfig, Seq2Seq
+from .report import build_table, columns, format_table, write_figure, write_json
+from .train import METHODS, train_students, train_teacher
+
+#: Sizes of the default and the ``--quick`` runs; any option given on the command line wins.
+PRESETS = {
+    "default": dict(vocab=4000, train_size=20000, test_size=500, teacher_steps=1500, student_steps=1500,
+                    batch_size=64, d_model=64, layers=1, ffn=256, lr=2e-3, max_len=10, num_samples=25),
+    "quick": dict(vocab=1000, train_size=4000, test_size=200, teacher_steps=300, student_steps=300,
+                  batch_size=64, d_model=64, layers=1, ffn=256, lr=3e-3, max_len=8, num_samples=10),
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="edd-demo", description=__doc__.split(":")[0] + ": ensemble distribution distillation end to end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a small run (smoke test; < 3 min on 2 CPU cores)")
+    p.add_argument("--output-dir", default="demo_output", help="where results.json and the figure go")
+    p.add_argument("--seed", type=int, default=0, help="seeds the corpus, every model and the data order")
+    p.add_argument("--members", type=int, default=5, help="ensemble size M")
+    g = p.add_argument_group("sizes (defaults from the preset: default or --quick)")
+    g.add_argument("--vocab", type=int, help="vocabulary size V (built-in corpus: exact; files: a cap)")
+    g.add_argument("--train-size", type=int, help="built-in corpus: training sentences")
+    g.add_argument("--test-size", type=int, help="built-in corpus: sentences per test / OOD set")
+    g.add_argument("--max-len", type=int, help="built-in corpus: longest source sentence, in words")
+    g.add_argument("--teacher-steps", type=int, help="updates per teacher")
+    g.add_argument("--student-steps", type=int, help="updates per student")
+    g.add_argument("--batch-size", type=int, help="sentences per update")
+    g.add_argument("--d-model", type=int, help="transformer width")
+    g.add_argument("--layers", type=int, help="encoder and decoder layers")
+    g.add_argument("--ffn", type=int, help="feed-forward width")
+    g.add_argument("--lr", type=float, help="peak Adam learning rate")
+    g.add_argument("--num-samples", type=int, help="Monte-Carlo samples for the logit-space students")
+    f = p.add_argument_group("your own data (one sentence per line, whitespace tokens)")
+    f.add_argument("--train-src")
+    f.add_argument("--train-tgt")
+    f.add_argument("--test-src")
+    f.add_argument("--test-tgt")
+    f.add_argument("--ood-src", action="append", default=[], help="an OOD source file (repeatable)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated students to train")
+    p.add_argument("--bleu-tokenize", default="none", help="sacrebleu tokenizer (the text is pre-tokenised)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    args = p.parse_args(argv)
+    preset = PRESETS["quick" if args.quick else "default"]
+    args.vocab_cap = args.vocab  # for user files the vocabulary is a cap, and only when given
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    files = [args.train_src, args.train_tgt, args.test_src, args.test_tgt]
+    if any(files) and not all(files):
+        p.error("--train-src, --train-tgt, --test-src and --test-tgt go together")
+    if args.members < 1:
+        p.error(f"--members: expected at least 1, got {args.members}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    args.methods = methods
+    return args
+
+
+def load_corpus(args: argparse.Namespace) -> Corpus:
+    if args.train_src:
+        return file_corpus(args.train_src, args.train_tgt, args.test_src, args.test_tgt, args.ood_src,
+                           vocab=args.vocab_cap, seed=args.seed)
+    corpus = toy_corpus(vocab=args.vocab, train_size=args.train_size, test_size=args.test_size,
+                        seed=args.seed, max_len=args.max_len)
+    for path in args.ood_src:
+        corpus.ood_src[Path(path).stem] = read_lines(path)
+    return corpus
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> Dict:
+    """The whole experiment; returns the results.json payload."""
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = _api.resolve_all()
+    timings: Dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    corpus = load_corpus(args)
+    timings["corpus_s"] = time.perf_counter() - t0
+    _log(f"[data] {corpus.description}; OOD sets: {', '.join(corpus.ood_src)}")
+    d = corpus.dictionary
+    src = [d.encode(s) for s in corpus.train_src]
+    tgt = [d.encode(t) for t in corpus.train_tgt]
+    longest = max(len(s) for s in src + tgt + [d.encode(t) for t in corpus.test_tgt])
+    ood_longest = max((len(s) for sents in corpus.ood_src.values() for s in sents), default=0)
+    cfg = ModelConfig(vocab_size=len(d), d_model=args.d_model, nhead=4, layers=args.layers, ffn=args.ffn,
+                      max_len=max(longest, ood_longest) * 2 + 4)
+    decode_max_len = 2 * longest + 2
+
+    # ---- teachers ----
+    t0 = time.perf_counter()
+    teachers, teacher_info = [], []
+    for m in range(args.members):
+        torch.manual_seed(args.seed * 1000 + m)
+        model = Seq2Seq(cfg)
+        info = train_teacher(model, src, tgt, steps=args.teacher_steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed * 1000 + m, desc=f"teacher {m + 1}/{args.members}", progress=progress)
+        _log(f"[teacher {m + 1}/{args.members}] {info['train_s']:.0f} s, final NLL {info['final_loss']:.3f}")
+        teachers.append(model)
+        teacher_info.append(info)
+    timings["teachers_s"] = time.perf_counter() - t0
+
+    # ---- students ----
+    t0 = time.perf_counter()
+    students = {}
+    for name in args.methods:
+        torch.manual_seed(args.seed * 1000 + 999)  # every student starts from the same initialisation
+        students[name] = Seq2Seq(cfg, log_scale_head=METHODS[name][1])
+    student_info = train_students(students, teachers, src, tgt, steps=args.student_steps,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress)
+    timings["students_s"] = time.perf_counter() - t0
+    _log(f"[students] {timings['students_s']:.0f} s (teacher forward + ensemble_stats: "
+         f"{next(iter(student_info.values()))['teacher_forward_s']:.0f} s); final losses: "
+         + ", ".join(f"{k} {v['final_loss']:.3g}" for k, v in student_info.items()))
+
+    # ---- evaluation ----
+    systems: List[System] = [EnsembleSystem("ensemble", teachers), System("single", teachers[:1])]
+    for name, model in students.items():
+        if name in ("EnD2", "Proxy-Dirichlet"):
+            systems.append(DirichletSystem(name, [model]))
+        elif name.startswith("Logit-"):
+            systems.append(LogitSystem(name, [model], family=name.split("-")[1].lower(),
+                                       num_samples=args.num_samples, seed=args.seed))
+        else:
+            systems.append(System(name, [model]))
+    t0 = time.perf_counter()
+    batch = max(8, min(128, (1 << 24) // (decode_max_len * args.members * len(d))))
+    results = {}
+    for system in systems:
+        results[system.name] = evaluate_system(system, corpus, batch_size=batch, max_len=decode_max_len,
+                                               bleu_tokenize=args.bleu_tokenize, progress=progress)
+        _log(f"[eval] {system.name}: BLEU {results[system.name]['bleu']:.1f}, "
+             f"{results[system.name]['decode_s']:.1f} s")
+    timings["evaluation_s"] = time.perf_counter() - t0
+
+    # ---- report ----
+    ood_sets = list(corpus.ood_src)
+    train_s = {"ensemble": sum(i["train_s"] for i in teacher_info), "single": teacher_info[0]["train_s"]}
+    train_s.update({k: v["train_s"] for k, v in student_info.items()})
+    table = build_table(results, ood_sets, train_s)
+    text = format_table(table, ood_sets)
+    figure = write_figure(out_dir / "results.png", results, ood_sets,
+                          title=f"EDD demo: V={len(d)}, M={args.members}")
+    timings["total_s"] = time.perf_counter() - t_start
+    payload = {
+        "config": {k: v for k, v in vars(args).items()},
+        "corpus": corpus.description,
+        "vocab_size": len(d),
+        "model": asdict(cfg),
+        "api_sources": sources,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "machine": platform.machine()},
+        "timings": timings,
+        "ood_sets": ood_sets,
+        "measures": {s.name: list(s.measures) for s in systems},
+        "columns": columns(ood_sets),
+        "table": table,
+        "teachers": teacher_info,
+        "students": student_info,
+        "examples": sample_translations(corpus),
+        "hypotheses": {k: v["hypotheses"] for k, v in results.items()},
+        "figure": str(figure) if figure else None,
+    }
+    write_json(out_dir / "results.json", payload)
+    _log("\n" + text)
+    _log(f"\ntotal {timings['total_s']:.0f} s (teachers {timings['teachers_s']:.0f} s, students "
+         f"{timings['students_s']:.0f} s, evaluation {timings['evaluation_s']:.0f} s); wrote "
+         f"{out_dir / 'results.json'}" + (f" and {figure}" if figure else ""))
+    return payload
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

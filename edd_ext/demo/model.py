@@ -1,0 +1,72 @@
+"""A small transformer encoder-decoder in plain PyTorch, shared by the teachers and every student.
+
+Source and target share one vocabulary and one embedding matrix, which is also the output projection
+(the "shared target softmax"). Students of the logit-space methods add a second head that predicts a
+per-class log-scale next to the logits (their location).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .corpus import PAD
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 64
+    nhead: int = 4
+    layers: int = 1
+    ffn: int = 256
+    dropout: float = 0.1
+    max_len: int = 64
+
+
+class Seq2Seq(nn.Module):
+    """Transformer seq2seq model: ``forward(src, prev) -> (logits [B, T, V], log_scale [B, T, V] | None)``."""
+
+    def __init__(self, cfg: ModelConfig, log_scale_head: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD)
+        nn.init.normal_(self.embed.weight, std=cfg.d_model ** -0.5)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        layer = dict(d_model=cfg.d_model, nhead=cfg.nhead, dim_feedforward=cfg.ffn, dropout=cfg.dropout,
+                     batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), cfg.layers,
+                                             norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), cfg.layers,
+                                             norm=nn.LayerNorm(cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.log_scale = nn.Linear(cfg.d_model, cfg.vocab_size) if log_scale_head else None
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.drop(self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos(positions))
+
+    def encode(self, src: Tensor) -> Tuple[Tensor, Tensor]:
+        """``src [B, S]`` -> (memory ``[B, S, d]``, source padding mask ``[B, S]``)."""
+        src_pad = src.eq(PAD)
+        memory = self.encoder(self._embed(src), src_key_padding_mask=src_pad)
+        return memory, src_pad
+
+    def decode(self, memory: Tensor, src_pad: Tensor, prev: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Decoder outputs for every prefix position of ``prev [B, T]`` (BOS first)."""
+        t = prev.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=prev.device).triu(1)
+        h = self.decoder(self._embed(prev), memory, tgt_mask=causal,
+                                     tgt_key_padding_mask=prev.eq(PAD), memory_key_padding_mask=src_pad)
+        logits = h @ self.embed.weight.t() + self.out_bias
+        log_scale = self.log_scale(h) if self.log_scale is not None else None
+        return logits, log_scale
+
+    def forward(self, src: Tensor, prev: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        memory, src_pad = self.encode(src)
+        return self.decode(memory, src_pad, prev)

@@ -1,0 +1,156 @@
+"""Training: batching, the teachers (cross-entropy), and the students (the library's distillation losses).
+
+All students are trained in one loop: each batch runs the M teachers once, computes the ensemble
+statistics once with ``ensemble_stats`` and gives every student a step on the same data.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import _api
+from .corpus import BOS, EOS, PAD
+from .model import Seq2Seq
+
+#: Student methods: name -> (library loss, whether the model has a log-scale head).
+METHODS = {
+    "EnD": ("ensemble_kl", False),
+    "EnD2": ("dirichlet_nll", False),
+    "Proxy-Dirichlet": ("proxy_dirichlet_kl", False),
+    "Logit-Gaussian": ("logit_gaussian_nll", True),
+    "Logit-Laplace": ("logit_laplace_nll", True),
+}
+
+
+@dataclass
+class Batch:
+    src: Tensor  # [B, S]
+    prev: Tensor  # [B, T]  BOS + target
+    target: Tensor  # [B, T]  target + EOS
+    mask: Tensor  # [B, T]  True at real target tokens
+
+
+def pad(rows: Sequence[Sequence[int]], value: int = PAD) -> Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return torch.from_numpy(out)
+
+
+def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
+    prev = pad([[BOS] + list(t) for t in tgt])
+    target = pad([list(t) + [EOS] for t in tgt])
+    return Batch(pad(src), prev, target, target.ne(PAD))
+
+
+def batches(src: List[List[int]], tgt: List[List[int]], batch_size: int, steps: int,
+            rng: np.random.Generator) -> Iterator[Batch]:
+    """``steps`` batches sampled by shuffled epochs."""
+    order = np.empty(0, dtype=np.int64)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(len(src))])
+        idx, order = order[:batch_size], order[batch_size:]
+        yield make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+
+
+def _optimizer(model: torch.nn.Module, lr: float, steps: int):
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
+    warmup = max(1, steps // 10)
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 5 %
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.05, 1.0 - (step - warmup) / max(1, steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _step(model, opt, sched, loss: Tensor, clip: float = 1.0) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+
+
+def train_teacher(model: Seq2Seq, src, tgt, *, steps: int, batch_size: int, lr: float, seed: int,
+                  desc: str = "teacher", progress: bool = True) -> Dict[str, float]:
+    """Maximum-likelihood training of one teacher; its seed sets the data order (the init is set by the caller)."""
+    model.train()
+    opt, sched = _optimizer(model, lr, steps)
+    rng = np.random.default_rng([seed, 10])
+    start, loss_avg = time.perf_counter(), float("nan")
+    bar = tqdm(batches(src, tgt, batch_size, steps, rng), total=steps, desc=desc, disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for i, b in enumerate(bar):
+        logits, _ = model(b.src, b.prev)
+        loss = F.cross_entropy(logits.flatten(0, 1), b.target.flatten(), ignore_index=PAD)
+        _step(model, opt, sched, loss)
+        loss_avg = loss.item() if i == 0 else 0.95 * loss_avg + 0.05 * loss.item()
+        if i % 20 == 0:
+            bar.set_postfix(nll=f"{loss_avg:.3f}")
+    model.eval()
+    return {"train_s": time.perf_counter() - start, "final_loss": loss_avg}
+
+
+def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_logits: Tensor, stats,
+                 mask: Tensor) -> Tensor:
+    """The library loss of ``method`` for one batch (teacher statistics computed once, shared)."""
+    fn_name, _ = METHODS[method]
+    loc, log_scale = outputs
+    if log_scale is not None:
+        return getattr(_api, fn_name)(loc, log_scale, teacher_logits, mask=mask)
+    return getattr(_api, fn_name)(loc, stats, mask=mask)
+
+
+@torch.no_grad()
+def teacher_logits(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> Tensor:
+    """Stacked member logits ``[B, T, M, V]``."""
+    return torch.stack([t(src, prev)[0] for t in teachers], dim=-2)
+
+
+def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int,
+                   batch_size: int, lr: float, seed: int, progress: bool = True) -> Dict[str, Dict[str, float]]:
+    """Distil the ensemble into every student at once; returns per-student time and final loss."""
+    for t in teachers:
+        t.eval()
+    opts = {}
+    for name, model in students.items():
+        model.train()
+        opts[name] = _optimizer(model, lr, steps)
+    rng = np.random.default_rng([seed, 20])
+    info = {name: {"train_s": 0.0, "final_loss": float("nan")} for name in students}
+    shared_s = 0.0
+    bar = tqdm(batches(src, tgt, batch_size, steps, rng), total=steps, desc="students", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for i, b in enumerate(bar):
+        t0 = time.perf_counter()
+        logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
+        stats = _api.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+        shared_s += time.perf_counter() - t0
+        for name, model in students.items():
+            t0 = time.perf_counter()
+            loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask)
+            _step(model, *opts[name], loss)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{name}: non-finite training loss {value} at step {i}")
+            prev = info[name]["final_loss"]
+            info[name]["final_loss"] = value if i == 0 else 0.95 * prev + 0.05 * value
+            info[name]["train_s"] += time.perf_counter() - t0
+        if i % 10 == 0:
+            bar.set_postfix({k[:6]: f"{v['final_loss']:.3g}" for k, v in info.items()})
+    for name, model in students.items():
+        model.eval()
+        info[name]["teacher_forward_s"] = shared_s
+    return info

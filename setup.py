@@ -1,0 +1,107 @@
+"""Build edd_ext: the C++ CPU extension always; the CUDA kernels too when torch has CUDA and nvcc is found
+(or FORCE_CUDA=1).
+
+Environment switches:
+  FORCE_CUDA=1            build the CUDA kernels even without a visible GPU (needs a CUDA build of torch)
+  FORCE_CPU=1             never build the CUDA kernels
+  CUDA_HOME               CUDA toolkit root (default: /usr/local/cuda when it exists)
+  TORCH_CUDA_ARCH_LIST    target architectures (default without a GPU: "8.0;9.0")
+  MAX_JOBS                parallel compile jobs (default: from free memory and cores)
+  EDD_EXT_DEBUG=1         -O0 -g instead of -O3 -g0
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if "CUDA_HOME" not in os.environ and os.path.isdir("/usr/local/cuda/include"):
+    # Set before torch.utils.cpp_extension is imported: it resolves CUDA_HOME at import time, and an nvcc
+    # wrapper on PATH can point it at a folder without headers.
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda():
+    if _flag("FORCE_CPU"):
+        return False, "FORCE_CPU=1"
+    if torch.version.cuda is None:
+        if _flag("FORCE_CUDA"):
+            sys.exit("FORCE_CUDA=1, but the installed torch %s is a CPU build: install a CUDA build of torch."
+                     % torch.__version__)
+        return False, "torch %s is a CPU build" % torch.__version__
+    if CUDA_HOME is None:
+        if _flag("FORCE_CUDA"):
+            sys.exit("FORCE_CUDA=1, but no CUDA toolkit was found: set CUDA_HOME.")
+        return False, "no CUDA toolkit (CUDA_HOME) found"
+    if _flag("FORCE_CUDA"):
+        return True, "FORCE_CUDA=1"
+    if torch.cuda.is_available():
+        return True, "a GPU is visible"
+    return False, "no GPU visible (set FORCE_CUDA=1 to build the CUDA kernels anyway)"
+
+
+def _max_jobs():
+    if "MAX_JOBS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo") as f:
+            free_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable"))
+        by_memory = max(1, int(free_kb / (3.5 * 1024 * 1024)))  # an nvcc job peaks near 3.2 GB
+    except (OSError, StopIteration, ValueError):
+        by_memory = cores
+    os.environ["MAX_JOBS"] = str(max(1, min(cores, by_memory)))
+
+
+def extensions():
+    with_cuda, reason = _want_cuda()
+    sources = ["csrc/module.cpp", "csrc/edd_ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    opt = ["-O0", "-g"] if _flag("EDD_EXT_DEBUG") else ["-O3", "-g0"]
+    cxx = opt + ["-fvisibility=hidden"]
+    macros = []
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "(detected)")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        macros += [("EDD_EXT_WITH_CUDA", None), ("EDD_EXT_CUDA_ARCHS", '"%s"' % archs)]
+        nvcc = opt + ["-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fvisibility=hidden"]
+        ext = CUDAExtension("edd_ext._C", sources, include_dirs=include_dirs, define_macros=macros,
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+        what = "C++ CPU + CUDA kernels (archs %s, CUDA_HOME=%s)" % (archs, CUDA_HOME)
+    else:
+        ext = CppExtension("edd_ext._C", sources, include_dirs=include_dirs, define_macros=macros,
+                           extra_compile_args={"cxx": cxx})
+        what = "C++ CPU kernels only"
+    _max_jobs()
+    print("edd_ext build: %s [%s]; torch %s; MAX_JOBS=%s; %d sources"
+          % (what, reason, torch.__version__, os.environ["MAX_JOBS"], len(sources)), flush=True)
+    return [ext]
+
+
+setup(
+    name="edd_ext",
+    version="0.1.0",
+    description="Fused ensemble-distribution-distillation losses and uncertainty measures for PyTorch",
+    packages=find_packages(include=["edd_ext", "edd_ext.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.6", "numpy", "tqdm", "sacrebleu>=2"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "scipy", "scikit-learn", "matplotlib", "expecttest"],
+        "plot": ["matplotlib"],
+        "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0", "bitarray", "regex"],
+    },
+    entry_points={"console_scripts": ["edd-demo = edd_ext.demo.__main__:main"]},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
