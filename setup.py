@@ -74,7 +74,8 @@ def extensions():
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "(detected)")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros += [("EDD_EXT_WITH_CUDA", None), ("EDD_EXT_CUDA_ARCHS", '"%s"' % archs)]
-        nvcc = opt + ["-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fvisibility=hidden"]
+        nvcc = (["-O0", "-G"] if _flag("EDD_EXT_DEBUG") else ["-O3", "-lineinfo"]) + [
+            "--expt-relaxed-constexpr", "-Xcompiler", "-fvisibility=hidden"]
         ext = CUDAExtension("edd_ext._C", sources, include_dirs=include_dirs, define_macros=macros,
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc})
         what = "C++ CPU + CUDA kernels (archs %s, CUDA_HOME=%s)" % (archs, CUDA_HOME)

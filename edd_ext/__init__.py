@@ -2,7 +2,7 @@
 
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
-from . import metrics, uncertainty
+from . import amalgamation, metrics, plotting, uncertainty
 from ._ops import cuda_built, has_extension
 from .stats import ensemble_stats
 from .types import DirichletUncertainty, EnsembleStats, Uncertainty
@@ -13,6 +13,8 @@ __all__ = [
     "ensemble_stats",
     "uncertainty",
     "metrics",
+    "plotting",
+    "amalgamation",
     "EnsembleStats",
     "Uncertainty",
     "DirichletUncertainty",

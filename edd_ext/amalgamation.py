@@ -26,10 +26,10 @@ logits z ∈ ℝ^C is trained with
     L = w_margin · KL(t ‖ softmax(z / τ)) = w_margin · Σₖ tₖ (ln tₖ − log_softmax(z / τ)ₖ),
     ∂L/∂zₖ = w_margin · (softmax(z / τ)ₖ − tₖ) / τ,
 
-where w_margin = 1, or, with ``margin_weighting=True``, the gap s₍₁₎ − s₍₂₎ ∈ [0, 1] between the best and the
-second-best teacher score (inputs on which the teachers' adequacy is ambiguous count less). The target is a
-constant: no gradient reaches the teachers. Following the library's convention the loss is not multiplied
-by τ²; scale it yourself if your recipe expects that.
+where w_margin = 1, or, with ``margin_weighting=True``, the gap s₍₁₎ − s₍₂₎ ∈ [0, 1] between the best and
+the second-best teacher score (inputs on which the teachers' adequacy is ambiguous count less). The target
+is a constant: no gradient reaches the teachers. The loss is not multiplied by τ² (as some distillation
+recipes do); scale it yourself if yours expects that.
 
 Everything is batched over the positions ``[*]`` (no Python loop over examples; the only loops are over the
 K teachers and the R dropout passes), works on CPU and CUDA tensors, and accumulates in float32 (float64
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -52,6 +53,7 @@ from ._validation import check_choice, check_float_tensor, check_positive, check
 __all__ = [
     "MODES",
     "MEASURES",
+    "DROPOUT_TYPES",
     "AmalgamationTargets",
     "AmalgamationLoss",
     "mc_dropout_logits",
@@ -146,16 +148,20 @@ def _label_map_tensor(name: str, label_map: object, size: Optional[int], num_cla
     (A label map given as a CUDA tensor is copied to the host for the check; pass lists, or build an
     :class:`AmalgamationLoss` once, to keep the training step free of host synchronisation.)
     """
+    if not isinstance(label_map, Tensor) and hasattr(label_map, "__array__"):  # e.g. a NumPy array
+        label_map = torch.as_tensor(label_map)
     if isinstance(label_map, Tensor):
         if label_map.dtype == torch.bool or label_map.is_floating_point() or label_map.is_complex():
             raise ValueError(f"{name}: expected an integer tensor of union indices, got dtype {label_map.dtype}")
         lm = label_map.detach().to("cpu", torch.int64)
     elif isinstance(label_map, (list, tuple, range)):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in label_map):
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in label_map):
             raise ValueError(f"{name}: expected a sequence of int union indices, got {list(label_map)!r}")
-        lm = torch.tensor(list(label_map), dtype=torch.int64)
+        lm = torch.tensor([int(v) for v in label_map], dtype=torch.int64)
     else:
-        raise ValueError(f"{name}: expected a list of ints or an integer Tensor, got {type(label_map).__name__}")
+        raise ValueError(
+            f"{name}: expected a list of ints, an integer Tensor or array, got {type(label_map).__name__}"
+        )
     if lm.dim() != 1 or lm.numel() < 1:
         raise ValueError(f"{name}: expected a non-empty 1-D map [C_i], got shape {_shape(lm)}")
     if size is not None and lm.numel() != size:
@@ -182,7 +188,9 @@ def _label_maps(label_maps: object, sizes: Sequence[int], num_classes: int) -> L
         raise ValueError(
             f"label_maps: expected {len(sizes)} maps (one per teacher in teacher_mc_logits), got {len(label_maps)}"
         )
-    return [_label_map_tensor(f"label_maps[{i}]", lm, c, num_classes) for i, (lm, c) in enumerate(zip(label_maps, sizes))]
+    return [
+        _label_map_tensor(f"label_maps[{i}]", lm, c, num_classes) for i, (lm, c) in enumerate(zip(label_maps, sizes))
+    ]
 
 
 def _infer_num_classes(label_maps: object) -> int:
@@ -192,13 +200,15 @@ def _infer_num_classes(label_maps: object) -> int:
             f"label_maps: expected a non-empty list of label maps (one per teacher), got {type(label_maps).__name__}"
         )
     top = -1
-    for i, lm in enumerate(label_maps):
+    for lm in label_maps:
+        if not isinstance(lm, Tensor) and hasattr(lm, "__array__"):
+            lm = torch.as_tensor(lm)
         if isinstance(lm, Tensor):
             if lm.numel() > 0 and not (lm.is_floating_point() or lm.is_complex() or lm.dtype == torch.bool):
                 top = max(top, int(lm.max()))
         elif isinstance(lm, (list, tuple, range)) and len(lm) > 0:
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in lm):
-                top = max(top, max(lm))
+            if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in lm):
+                top = max(top, int(max(lm)))
     return max(top + 1, 2)
 
 
@@ -485,7 +495,8 @@ def amalgamation_kl(
 ) -> Tensor:
     """KL(target ‖ softmax(student_logits / τ)) per position, optionally weighted.
 
-    L = weight · Σₖ tₖ (ln tₖ − log_softmax(z/τ)ₖ)   (0 · ln 0 = 0);   ∂L/∂z = weight · (softmax(z/τ) − t) / τ.
+    L = weight · Σₖ tₖ (ln tₖ − log_softmax(z/τ)ₖ)   (0 · ln 0 = 0),
+    ∂L/∂z = weight · (softmax(z/τ) − t) / τ.
 
     Args:
         student_logits: ``[*, C]`` student logits z over the union label space.
@@ -506,7 +517,9 @@ def amalgamation_kl(
             f"target: expected the shape of student_logits {_shape(student_logits)}, got {_shape(target)}"
         )
     if target.device != student_logits.device:
-        raise ValueError(f"target: expected device {student_logits.device} (that of student_logits), got {target.device}")
+        raise ValueError(
+            f"target: expected device {student_logits.device} (that of student_logits), got {target.device}"
+        )
     batch_shape = student_logits.shape[:-1]
     if weight is not None:
         check_float_tensor("weight", weight, min_dim=0)
@@ -639,7 +652,8 @@ class AmalgamationLoss(nn.Module):
     """``nn.Module`` form of :func:`amalgamation_loss`, with the label maps validated once.
 
     The maps are registered as (non-persistent) buffers, so they follow ``.to(device)`` and the forward
-    pass does no host synchronisation.
+    pass does no host synchronisation; this is the form to use under ``torch.compile(fullgraph=True)``
+    (the functional form validates list label maps on the host at every call).
 
     Shape:
         - student_logits: ``[*, C]`` with C = ``num_classes``.
@@ -667,7 +681,8 @@ class AmalgamationLoss(nn.Module):
         self.num_classes = _check_num_classes(num_classes)
         if isinstance(label_maps, Tensor) or not isinstance(label_maps, (list, tuple)) or len(label_maps) == 0:
             raise ValueError(
-                f"label_maps: expected a non-empty list of label maps (one per teacher), got {type(label_maps).__name__}"
+                "label_maps: expected a non-empty list of label maps (one per teacher), got "
+                f"{type(label_maps).__name__}"
             )
         for i, lm in enumerate(label_maps):
             index = _label_map_tensor(f"label_maps[{i}]", lm, None, self.num_classes)

@@ -47,7 +47,8 @@ def oracle_targets(teachers, maps, num_classes, mode, sel_t=0.2, measure="entrop
         w = torch.full_like(s, 1 / len(teachers))
     target = sum(w[..., i, None] * padded[i] for i in range(len(teachers)))
     srt = s.sort(-1, descending=True).values
-    return target, s, srt[..., 0] - srt[..., 1]
+    gap = srt[..., 0] - srt[..., 1] if len(teachers) > 1 else torch.ones_like(srt[..., 0])
+    return target, s, gap
 
 
 def oracle_loss(z, target, tau=1.0, weight=None):
@@ -73,7 +74,8 @@ def confident(batch, passes, c, cls, device="cpu"):
 @settings(max_examples=30, deadline=None)
 @given(
     r=st.integers(1, 6), c=st.integers(2, 9), scale=st.sampled_from([0.0, 0.1, 1.0, 10.0, 1e3]),
-    measure=st.sampled_from(A.MEASURES), seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.float64]),
+    measure=st.sampled_from(A.MEASURES), seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 def test_scores_in_unit_interval(r, c, scale, measure, seed, dtype):
     g = torch.Generator().manual_seed(seed)
@@ -285,9 +287,27 @@ def test_module_matches_function():
                                 temperature=2.0)
     want = A.amalgamation_loss(z, teachers, MAPS, mode="hard", margin_weighting=True, temperature=2.0, mask=mask)
     torch.testing.assert_close(module(z, teachers, mask), want)
-    torch.testing.assert_close(module.targets(teachers).target, A.amalgamation_targets(teachers, MAPS, mode="hard").target)
+    want_targets = A.amalgamation_targets(teachers, MAPS, mode="hard").target
+    torch.testing.assert_close(module.targets(teachers).target, want_targets)
     assert "num_teachers=2" in repr(module)
     assert module.state_dict() == {}  # the label maps are configuration, not checkpoint state
+    np = pytest.importorskip("numpy")
+    torch.testing.assert_close(A.amalgamation_loss(z, teachers, [np.arange(5), np.arange(5, 10)]),
+                               A.amalgamation_loss(z, teachers, MAPS))
+
+
+@pytest.mark.parametrize("mode", A.MODES)
+def test_module_compiles_without_graph_breaks(mode):
+    teachers = make_teachers(batch=(4,), dtype=torch.float32)
+    z = torch.randn(4, 10, requires_grad=True)
+    module = A.AmalgamationLoss(MAPS, mode=mode, margin_weighting=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    got = compiled(z, teachers)
+    (grad,) = torch.autograd.grad(got, z)
+    want = module(z, teachers)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad, torch.autograd.grad(want, z)[0])
 
 
 # ----------------------------------------------------------------------------------------------------

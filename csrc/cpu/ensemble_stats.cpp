@@ -1,6 +1,6 @@
 // CPU kernels for the teacher-ensemble statistics (SPEC section 1): one task per position, two streaming
 // passes over its [M, V] logits (per-member log-sum-exp, then the per-class moments), float32 math for
-// half/bfloat16/float32 inputs, float64 for float64, row sums in float64.
+// half/bfloat16/float32 inputs, float64 for float64, row sums (log-sum-exp and measures) in float64.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,20 +26,23 @@ void ensemble_rows(const EnsembleStatsProblem& p, const scalar_t* logits, acc_t*
   const int64_t grain = std::max<int64_t>(1, 32768 / (members * vocab));
 
   at::parallel_for(0, p.positions, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> lse(members);
+    // Member m's log-probabilities are (u / T - shift[m]) - log_sum[m]: subtracting the maximum first keeps
+    // them exact for large logits, where u / T - logsumexp would lose the digits of the smaller term.
+    std::vector<acc_t> shift(members), log_sum(members);
     for (int64_t n = begin; n < end; ++n) {
       const scalar_t* row = logits + n * members * vocab;
       for (int64_t m = 0; m < members; ++m) {
-        math::OnlineLogSumExp<acc_t> acc;
+        math::OnlineLogSumExp<acc_t, double> acc;
         const scalar_t* u = row + m * vocab;
         for (int64_t k = 0; k < vocab; ++k) acc.push(acc_t(u[k]) * inv_t);
-        lse[m] = acc.result();
+        shift[m] = acc.max;
+        log_sum[m] = acc_t(std::log(acc.sum));
       }
       double sums[math::kNumMeasures] = {0, 0, 0, 0, 0};
       for (int64_t k = 0; k < vocab; ++k) {
         math::MemberMoments<acc_t> moments;
         for (int64_t m = 0; m < members; ++m) {
-          acc_t l = acc_t(row[m * vocab + k]) * inv_t - lse[m];
+          acc_t l = (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
           if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
           moments.push(l);
         }

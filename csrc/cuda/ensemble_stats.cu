@@ -25,7 +25,8 @@ __global__ void ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64
                                       acc_t log1m_eps, acc_t log_eps_v, acc_t* __restrict__ mean_probs,
                                       acc_t* __restrict__ mean_log_probs, acc_t* __restrict__ measures) {
   extern __shared__ unsigned char shared_raw[];
-  acc_t* lse = reinterpret_cast<acc_t*>(shared_raw);  // [members]
+  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);  // [members]: each member's max logit / T
+  acc_t* log_sum = shift + members;                      // [members]: ln sum_k exp(u_k / T - shift)
   __shared__ acc_t lse_scratch[2 * cuda::kMaxWarps];
   __shared__ double sum_scratch[math::kNumMeasures * cuda::kMaxWarps];
 
@@ -35,15 +36,18 @@ __global__ void ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64
       math::OnlineLogSumExp<acc_t> acc;
       const scalar_t* u = row + m * vocab;
       for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) acc.push(acc_t(u[k]) * inv_t);
-      const acc_t total = cuda::block_logsumexp(acc, lse_scratch);
-      if (threadIdx.x == 0) lse[m] = total;
+      const math::OnlineLogSumExp<acc_t> total = cuda::block_logsumexp(acc, lse_scratch);
+      if (threadIdx.x == 0) {
+        shift[m] = total.max;
+        log_sum[m] = math::log_(total.sum);
+      }
     }
     __syncthreads();
     double sums[math::kNumMeasures] = {0, 0, 0, 0, 0};
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
       math::MemberMoments<acc_t> moments;
       for (int64_t m = 0; m < members; ++m) {
-        acc_t l = acc_t(row[m * vocab + k]) * inv_t - lse[m];
+        acc_t l = (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
         if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
         moments.push(l);
       }
@@ -60,7 +64,7 @@ __global__ void ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64
 #pragma unroll
       for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = acc_t(sums[i]);
     }
-    __syncthreads();  // lse[] is rewritten by the next position
+    __syncthreads();  // shift[] and log_sum[] are rewritten by the next position
   }
 }
 
@@ -73,7 +77,7 @@ EnsembleStatsProblem run(const at::Tensor& teacher_logits, double temperature, d
   const int64_t blocks = std::min<int64_t>(p.positions, 65535L * 32);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::ensemble_stats_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t shared = sizeof(acc_t) * size_t(p.members);
+    const size_t shared = 2 * sizeof(acc_t) * size_t(p.members);
     ensemble_stats_kernel<scalar_t, acc_t><<<blocks, threads, shared, stream>>>(
         p.logits.const_data_ptr<scalar_t>(), p.positions, p.members, p.vocab, acc_t(p.inv_temperature),
         acc_t(p.inv_members), acc_t(p.log_members), p.smooth, acc_t(p.log1m_eps), acc_t(p.log_eps_over_v),

@@ -16,6 +16,16 @@ from torch import Tensor, nn
 from .corpus import PAD
 
 
+def _sinusoids(length: int, dim: int) -> Tensor:
+    """Fixed sinusoidal position encodings ``[length, dim]``."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    out = torch.zeros(length, dim)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)
+    return out
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -35,8 +45,7 @@ class Seq2Seq(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD)
         nn.init.normal_(self.embed.weight, std=cfg.d_model ** -0.5)
-        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        self.register_buffer("pos", _sinusoids(cfg.max_len, cfg.d_model), persistent=False)
         layer = dict(d_model=cfg.d_model, nhead=cfg.nhead, dim_feedforward=cfg.ffn, dropout=cfg.dropout,
                      batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), cfg.layers,
@@ -48,8 +57,7 @@ class Seq2Seq(nn.Module):
         self.log_scale = nn.Linear(cfg.d_model, cfg.vocab_size) if log_scale_head else None
 
     def _embed(self, tokens: Tensor) -> Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.drop(self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos(positions))
+        return self.drop(self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos[:tokens.shape[1]])
 
     def encode(self, src: Tensor) -> Tuple[Tensor, Tensor]:
         """``src [B, S]`` -> (memory ``[B, S, d]``, source padding mask ``[B, S]``)."""

@@ -16,32 +16,33 @@ EDD_HD T logaddexp(T a, T b) {
 }
 
 // Streaming log-sum-exp: a running maximum and the sum of exp(x - max), merged pairwise for
-// parallel reductions (the "online softmax" normaliser).
-template <typename T>
+// parallel reductions (the "online softmax" normaliser). The exponentials are taken in T; the running sum
+// is kept in S, which may be wider (a long float row summed sequentially keeps its accuracy in double).
+template <typename T, typename S = T>
 struct OnlineLogSumExp {
   T max = neg_inf<T>();
-  T sum = T(0);
+  S sum = S(0);
 
   EDD_HD void push(T x) {
     if (x > max) {
-      sum = sum * exp_(max - x) + T(1);
+      sum = sum * S(exp_(max - x)) + S(1);
       max = x;
     } else {
-      sum += exp_(x - max);
+      sum += S(exp_(x - max));
     }
   }
 
-  EDD_HD void merge(T other_max, T other_sum) {
+  EDD_HD void merge(T other_max, S other_sum) {
     if (other_max == neg_inf<T>()) return;
     if (other_max > max) {
-      sum = sum * exp_(max - other_max) + other_sum;
+      sum = sum * S(exp_(max - other_max)) + other_sum;
       max = other_max;
     } else {
-      sum += other_sum * exp_(other_max - max);
+      sum += other_sum * S(exp_(other_max - max));
     }
   }
 
-  EDD_HD T result() const { return max + log_(sum); }
+  EDD_HD T result() const { return max + T(log_(sum)); }
 };
 
 }  // namespace math

@@ -112,7 +112,8 @@ template <typename T>
 EDD_HD T trigamma(T x) {
   T shift = 0;
   while (x < SeriesThreshold<T>::value) {
-    shift += T(1) / (x * x);
+    const T r = T(1) / x;  // r * r, not 1 / (x * x): x * x is subnormal in float below 1e-19
+    shift += r * r;
     x += T(1);
   }
   const T r = T(1) / x;

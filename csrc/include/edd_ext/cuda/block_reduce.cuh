@@ -36,10 +36,10 @@ __device__ __forceinline__ void block_sum(T (&v)[N], T* scratch) {
   for (int i = 0; i < N; ++i) v[i] = warp_sum(lane < warps ? scratch[i * kMaxWarps + lane] : T(0));
 }
 
-// Merges the threads' streaming log-sum-exp states; every thread receives the block's log-sum-exp.
+// Merges the threads' streaming log-sum-exp states; every thread receives the block's merged state.
 // `scratch` holds 2 * kMaxWarps elements of shared memory.
 template <typename T>
-__device__ __forceinline__ T block_logsumexp(math::OnlineLogSumExp<T> s, T* scratch) {
+__device__ __forceinline__ math::OnlineLogSumExp<T> block_logsumexp(math::OnlineLogSumExp<T> s, T* scratch) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
     const T other_max = __shfl_xor_sync(0xffffffffu, s.max, offset);
@@ -65,7 +65,7 @@ __device__ __forceinline__ T block_logsumexp(math::OnlineLogSumExp<T> s, T* scra
     const T other_sum = __shfl_xor_sync(0xffffffffu, t.sum, offset);
     t.merge(other_max, other_sum);
   }
-  return t.result();
+  return t;
 }
 
 // Threads per block for a row of `vocab` classes.

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs:
+#   make demo    the end-to-end ensemble-distribution-distillation run (python -m edd_ext.demo)
+#   make test    the test suite
+# Both create a virtual environment in $(VENV) on first use and build the extension into it.
+# TORCH_SPEC picks the torch to install there (default: the CPU wheel); use an existing environment with
+# `make test VENV=/path/to/venv`.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/edd_ext/*.h csrc/include/edd_ext/cuda/*.cuh)
+
+.PHONY: demo test install clean
+
+$(VENV)/.edd_ext-installed: $(SOURCES)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q numpy pybind11 ninja "setuptools>=64" wheel
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(VENV)/.edd_ext-installed
+
+demo: install
+	$(PY) -m edd_ext.demo $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf build edd_ext/_C*.so *.egg-info

@@ -1,0 +1,70 @@
+"""The shared host/device special functions (csrc/include/edd_ext/special_functions.h) against mpmath
+(50-digit) and scipy.special, through the CPU op and, with a GPU, the CUDA op."""
+import mpmath
+import numpy as np
+import pytest
+import scipy.special as sp
+import torch
+
+import edd_ext  # noqa: F401  (loads the ops)
+
+mpmath.mp.dps = 30
+ORACLES = {
+    "lgamma": mpmath.loggamma,
+    "digamma": mpmath.digamma,
+    "trigamma": lambda v: mpmath.polygamma(1, v),
+}
+DIGAMMA_ROOT = 1.4616321449683622
+
+
+def _grid(dtype):
+    rng = np.random.default_rng(1234)
+    x = np.concatenate([
+        10.0 ** rng.uniform(-30, 30, 600),  # the whole documented domain
+        rng.uniform(0.0, 3.0, 400),  # around the roots of lgamma (1, 2) and digamma (1.4616...)
+        rng.uniform(DIGAMMA_ROOT - 1e-3, DIGAMMA_ROOT + 1e-3, 50),
+        rng.uniform(3.0, 40.0, 200),  # across the series thresholds (8, 10)
+        np.array([1.0, 2.0, 8.0, 10.0, 0.5, 1e-30, 1e30]),
+    ])
+    return torch.tensor(x, dtype=dtype)
+
+
+def _mp(name, x):
+    return np.array([float(ORACLES[name](mpmath.mpf(float(v)))) for v in x])
+
+
+@pytest.mark.parametrize("name", list(ORACLES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_against_mpmath(name, dtype, device):
+    x = _grid(dtype)
+    want = _mp(name, x.double().numpy())
+    got = torch.ops.edd_ext.special_function(x.to(device), name).cpu().double().numpy()
+    eps = torch.finfo(dtype).eps
+    finite = np.abs(want) < torch.finfo(dtype).max  # trigamma(1e-30) = 1e60 overflows float32 by definition
+    assert np.isinf(got[~finite]).all()
+    # Relative error in ulps, with an absolute floor only where the function is exactly 0 (lgamma(1), lgamma(2)).
+    err = np.abs(got[finite] - want[finite]) / np.maximum(np.abs(want[finite]), eps)
+    assert err.max() <= 4 * eps, f"{name} {dtype}: max error {err.max() / eps:.1f} ulp at x={x[finite][err.argmax()]}"
+
+
+@pytest.mark.parametrize("name,scipy_fn", [("lgamma", sp.gammaln), ("digamma", sp.digamma), ("trigamma", lambda v: sp.polygamma(1, v))])
+def test_against_scipy_away_from_roots(name, scipy_fn):
+    x = torch.logspace(-20, 20, 4001, dtype=torch.float64)
+    got = torch.ops.edd_ext.special_function(x, name).numpy()
+    want = scipy_fn(x.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_float32_matches_float64_to_float_precision():
+    x = torch.logspace(-6, 6, 2001, dtype=torch.float32)
+    for name in ORACLES:
+        f = torch.ops.edd_ext.special_function(x, name).double()
+        d = torch.ops.edd_ext.special_function(x.double(), name)
+        torch.testing.assert_close(f, d, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_name_and_dtype_raise_value_error():
+    with pytest.raises(ValueError, match="name"):
+        torch.ops.edd_ext.special_function(torch.ones(3), "gamma")
+    with pytest.raises(ValueError, match="x: expected float32 or float64"):
+        torch.ops.edd_ext.special_function(torch.ones(3, dtype=torch.float16), "lgamma")
