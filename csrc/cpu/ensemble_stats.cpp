@@ -1,8 +1,8 @@
 // CPU kernels for the teacher-ensemble statistics (SPEC section 1): one task per position, two streaming
-// passes over its [M, V] logits (per-member log-sum-exp, then the per-class moments), float32 math for
-// half/bfloat16/float32 inputs, float64 for float64, row sums (log-sum-exp and measures) in float64.
+// passes over its [M, V] logits — per-member log-softmax normalisers, then the per-class moments — with
+// SIMD float32 math for half/bfloat16/float32 inputs (edd_ext/cpu/teacher_rows.h) and scalar float64 math
+// for float64; row sums (exponential sums and measures) in float64.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -11,49 +11,92 @@
 #include <tuple>
 #include <vector>
 
+#include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/ensemble_stats_host.h"
 
 namespace edd_ext {
 namespace {
 
-template <typename scalar_t, typename acc_t>
-void ensemble_rows(const EnsembleStatsProblem& p, const scalar_t* logits, acc_t* mean_probs, acc_t* mean_log_probs,
-                   acc_t* measures) {
-  const int64_t members = p.members, vocab = p.vocab;
-  const acc_t inv_t = acc_t(p.inv_temperature), inv_m = acc_t(p.inv_members), log_m = acc_t(p.log_members);
-  const acc_t log1m_eps = acc_t(p.log1m_eps), log_eps_v = acc_t(p.log_eps_over_v);
-  const bool smooth = p.smooth;
-  const int64_t grain = std::max<int64_t>(1, 32768 / (members * vocab));
+using cpu::VecF;
+using cpu::kLanes;
 
-  at::parallel_for(0, p.positions, grain, [&](int64_t begin, int64_t end) {
-    // Member m's log-probabilities are (u / T - shift[m]) - log_sum[m]: subtracting the maximum first keeps
-    // them exact for large logits, where u / T - logsumexp would lose the digits of the smaller term.
-    std::vector<acc_t> shift(members), log_sum(members);
+int64_t grain_for(const EnsembleStatsProblem& p) { return std::max<int64_t>(1, 32768 / (p.members * p.vocab)); }
+
+// float32 math (inputs float16, bfloat16, float32).
+template <typename scalar_t>
+void ensemble_rows_simd(const EnsembleStatsProblem& p, const scalar_t* logits, float* mean_probs,
+                        float* mean_log_probs, float* measures) {
+  const int64_t members = p.members, vocab = p.vocab, body = vocab - vocab % kLanes;
+  cpu::TeacherOptions o;
+  o.inv_temperature = float(p.inv_temperature);
+  o.inv_members = float(p.inv_members);
+  o.log_members = float(p.log_members);
+  o.smooth = p.smooth;
+  o.log1m_eps = float(p.log1m_eps);
+  o.log_eps_over_v = float(p.log_eps_over_v);
+
+  at::parallel_for(0, p.positions, grain_for(p), [&](int64_t begin, int64_t end) {
+    std::vector<float> shift(members), log_sum(members);
     for (int64_t n = begin; n < end; ++n) {
       const scalar_t* row = logits + n * members * vocab;
-      for (int64_t m = 0; m < members; ++m) {
-        math::OnlineLogSumExp<acc_t, double> acc;
-        const scalar_t* u = row + m * vocab;
-        for (int64_t k = 0; k < vocab; ++k) acc.push(acc_t(u[k]) * inv_t);
-        shift[m] = acc.max;
-        log_sum[m] = acc_t(std::log(acc.sum));
-      }
-      double sums[math::kNumMeasures] = {0, 0, 0, 0, 0};
-      for (int64_t k = 0; k < vocab; ++k) {
-        math::MemberMoments<acc_t> moments;
-        for (int64_t m = 0; m < members; ++m) {
-          acc_t l = (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
-          if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
-          moments.push(l);
-        }
-        const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
-        for (int i = 0; i < math::kNumMeasures; ++i) sums[i] += double(terms.measure[i]);
+      cpu::member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data());
+      cpu::ChunkedSum sums[math::kNumMeasures];
+      for (int64_t k = 0; k < body; k += kLanes) {
+        const cpu::TeacherBlock b = cpu::teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o);
+        const VecF p_log_p = b.mean_prob * b.log_mean_prob;
+        sums[0].push(VecF(0.f) - p_log_p);
+        sums[1].push(VecF(0.f) - b.mean_p_log_p);
+        sums[2].push(cpu::clamp_rounding(b.mean_p_log_p - p_log_p));
+        sums[3].push(cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
+        sums[4].push(cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob)));
         if (mean_probs != nullptr) {
-          mean_probs[n * vocab + k] = terms.mean_prob;
-          mean_log_probs[n * vocab + k] = terms.mean_log_prob;
+          b.mean_prob.store(mean_probs + n * vocab + k);
+          b.mean_log_prob.store(mean_log_probs + n * vocab + k);
         }
       }
-      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = acc_t(sums[i]);
+      double totals[math::kNumMeasures];
+      for (int i = 0; i < math::kNumMeasures; ++i) totals[i] = sums[i].result();
+      for (int64_t k = body; k < vocab; ++k) {
+        const auto t = cpu::teacher_class<scalar_t, float>(row, k, members, vocab, shift.data(), log_sum.data(),
+                                                           o.inv_temperature, o.smooth, o.log1m_eps,
+                                                           o.log_eps_over_v, o.inv_members, o.log_members);
+        for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += double(t.measure[i]);
+        if (mean_probs != nullptr) {
+          mean_probs[n * vocab + k] = t.mean_prob;
+          mean_log_probs[n * vocab + k] = t.mean_log_prob;
+        }
+      }
+      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = float(totals[i]);
+    }
+  });
+}
+
+// float64 math (float64 inputs: the precision reference, e.g. for gradcheck).
+void ensemble_rows_double(const EnsembleStatsProblem& p, const double* logits, double* mean_probs,
+                          double* mean_log_probs, double* measures) {
+  const int64_t members = p.members, vocab = p.vocab;
+  at::parallel_for(0, p.positions, grain_for(p), [&](int64_t begin, int64_t end) {
+    std::vector<double> shift(members), log_sum(members);
+    for (int64_t n = begin; n < end; ++n) {
+      const double* row = logits + n * members * vocab;
+      for (int64_t m = 0; m < members; ++m) {
+        math::OnlineLogSumExp<double> acc;
+        for (int64_t k = 0; k < vocab; ++k) acc.push(row[m * vocab + k] * p.inv_temperature);
+        shift[m] = acc.max;
+        log_sum[m] = std::log(acc.sum);
+      }
+      double totals[math::kNumMeasures] = {0, 0, 0, 0, 0};
+      for (int64_t k = 0; k < vocab; ++k) {
+        const auto t = cpu::teacher_class<double, double>(row, k, members, vocab, shift.data(), log_sum.data(),
+                                                          p.inv_temperature, p.smooth, p.log1m_eps,
+                                                          p.log_eps_over_v, p.inv_members, p.log_members);
+        for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += t.measure[i];
+        if (mean_probs != nullptr) {
+          mean_probs[n * vocab + k] = t.mean_prob;
+          mean_log_probs[n * vocab + k] = t.mean_log_prob;
+        }
+      }
+      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = totals[i];
     }
   });
 }
@@ -61,12 +104,20 @@ void ensemble_rows(const EnsembleStatsProblem& p, const scalar_t* logits, acc_t*
 EnsembleStatsProblem run(const at::Tensor& teacher_logits, double temperature, double smoothing, bool with_rows) {
   EnsembleStatsProblem p = make_ensemble_stats_problem(teacher_logits, temperature, smoothing, with_rows);
   if (p.positions == 0) return p;
+  if (p.logits.scalar_type() == at::kDouble) {
+    ensemble_rows_double(p, p.logits.const_data_ptr<double>(),
+                         with_rows ? p.mean_probs.mutable_data_ptr<double>() : nullptr,
+                         with_rows ? p.mean_log_probs.mutable_data_ptr<double>() : nullptr,
+                         p.measures.mutable_data_ptr<double>());
+    return p;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::ensemble_stats", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    ensemble_rows<scalar_t, acc_t>(p, p.logits.const_data_ptr<scalar_t>(),
-                                   with_rows ? p.mean_probs.mutable_data_ptr<acc_t>() : nullptr,
-                                   with_rows ? p.mean_log_probs.mutable_data_ptr<acc_t>() : nullptr,
-                                   p.measures.mutable_data_ptr<acc_t>());
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      ensemble_rows_simd<scalar_t>(p, p.logits.const_data_ptr<scalar_t>(),
+                                   with_rows ? p.mean_probs.mutable_data_ptr<float>() : nullptr,
+                                   with_rows ? p.mean_log_probs.mutable_data_ptr<float>() : nullptr,
+                                   p.measures.mutable_data_ptr<float>());
+    }
   });
   return p;
 }

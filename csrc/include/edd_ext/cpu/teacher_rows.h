@@ -1,0 +1,92 @@
+// The CPU teacher pass shared by the ensemble statistics and the losses that take raw teacher logits:
+// per-member log-softmax normalisers (pass 1), then the ensemble's per-class quantities for kLanes classes at
+// a time (pass 2), straight from the [M, V] logits of one position — no [M, V] float copy is made.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "edd_ext/cpu/vec.h"
+#include "edd_ext/ensemble_math.h"
+
+namespace edd_ext {
+namespace cpu {
+
+struct TeacherOptions {
+  float inv_temperature = 1.f;
+  float inv_members = 1.f;
+  float log_members = 0.f;
+  bool smooth = false;
+  float log1m_eps = 0.f, log_eps_over_v = 0.f;
+};
+
+// Member m's log-probabilities are l_mk = (u_mk / T - shift[m]) - log_sum[m]. Subtracting the maximum first
+// keeps l exact for large logits; the exponential sums are accumulated in double.
+template <typename scalar_t>
+void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, float inv_t, float* shift,
+                        float* log_sum) {
+  const int64_t body = vocab - vocab % kLanes;
+  for (int64_t m = 0; m < members; ++m) {
+    const scalar_t* u = row + m * vocab;
+    VecF vmax(-std::numeric_limits<float>::infinity());
+    for (int64_t k = 0; k < body; k += kLanes) vmax = at::vec::maximum(vmax, load_float(u + k));
+    float mx = horizontal_max(vmax);
+    for (int64_t k = body; k < vocab; ++k) mx = std::max(mx, float(u[k]));
+    mx *= inv_t;  // T > 0
+    const VecF vt(inv_t), vmx(mx);
+    ChunkedSum sum;
+    for (int64_t k = 0; k < body; k += kLanes) sum.push((load_float(u + k) * vt - vmx).exp());
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) total += std::exp(double(float(u[k]) * inv_t - mx));
+    shift[m] = mx;
+    log_sum[m] = float(std::log(total));
+  }
+}
+
+// The ensemble at kLanes classes [k, k + kLanes): mean probability p, mean log-probability E[l], E[p l]
+// and ln p (from the summed probabilities; from the largest member's l where they underflow).
+struct TeacherBlock {
+  VecF mean_prob, mean_log_prob, mean_p_log_p, log_mean_prob;
+};
+
+template <typename scalar_t>
+inline TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
+                                  const float* shift, const float* log_sum, const TeacherOptions& o) {
+  const VecF vt(o.inv_temperature);
+  VecF sp(0.f), sl(0.f), spl(0.f), ml(-std::numeric_limits<float>::infinity());
+  for (int64_t m = 0; m < members; ++m) {
+    VecF l = (load_float(row + m * vocab + k) * vt - VecF(shift[m])) - VecF(log_sum[m]);
+    if (o.smooth) l = logaddexp(l + VecF(o.log1m_eps), VecF(o.log_eps_over_v));
+    const VecF p = l.exp();
+    sp = sp + p;
+    sl = sl + l;
+    spl = at::vec::fmadd(p, l, spl);
+    ml = at::vec::maximum(ml, l);
+  }
+  const VecF inv_m(o.inv_members), log_m(o.log_members);
+  TeacherBlock b;
+  b.mean_prob = sp * inv_m;
+  b.mean_log_prob = sl * inv_m;
+  b.mean_p_log_p = spl * inv_m;
+  const VecF zero(0.f);
+  b.log_mean_prob = VecF::blendv(ml - log_m, sp.log() - log_m, sp > zero);
+  return b;
+}
+
+// The same quantities for one class with the scalar header math (row tails, float64 inputs).
+template <typename scalar_t, typename acc_t>
+inline math::ClassTerms<acc_t> teacher_class(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
+                                             const acc_t* shift, const acc_t* log_sum, acc_t inv_t, bool smooth,
+                                             acc_t log1m_eps, acc_t log_eps_v, acc_t inv_m, acc_t log_m) {
+  math::MemberMoments<acc_t> moments;
+  for (int64_t m = 0; m < members; ++m) {
+    acc_t l = (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
+    if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
+    moments.push(l);
+  }
+  return moments.finish(inv_m, log_m);
+}
+
+}  // namespace cpu
+}  // namespace edd_ext

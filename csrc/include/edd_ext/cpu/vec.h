@@ -1,0 +1,70 @@
+// SIMD helpers for the CPU kernels (at::vec::Vectorized<float>: AVX2 when the build enables it, a portable
+// fallback otherwise). CPU-only: never included by CUDA code.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace edd_ext {
+namespace cpu {
+
+using VecF = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = VecF::size();
+
+// Loads kLanes consecutive values of any floating type as float32.
+template <typename scalar_t>
+inline VecF load_float(const scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return VecF::loadu(p);
+  } else {
+    float tmp[kLanes];
+    for (int64_t i = 0; i < kLanes; ++i) tmp[i] = float(p[i]);
+    return VecF::loadu(tmp);
+  }
+}
+
+inline float horizontal_sum(const VecF& v) {
+  return at::vec::vec_reduce_all<float>([](VecF& a, VecF& b) { return a + b; }, v);
+}
+
+inline float horizontal_max(const VecF& v) {
+  return at::vec::vec_reduce_all<float>([](VecF& a, VecF& b) { return at::vec::maximum(a, b); }, v);
+}
+
+// max(x, 0) that keeps NaN (x86 max returns its second operand when either is NaN).
+inline VecF clamp_rounding(const VecF& x) { return at::vec::clamp_min(x, VecF(0.f)); }
+
+// ln(exp(a) + exp(b)) for finite b.
+inline VecF logaddexp(const VecF& a, const VecF& b) {
+  const VecF hi = at::vec::maximum(a, b), lo = at::vec::minimum(a, b);
+  return hi + (lo - hi).exp().log1p();
+}
+
+// Sums many float vectors into a double without a long float chain: a float vector accumulator is
+// flushed into the double total every kFlush pushes.
+struct ChunkedSum {
+  static constexpr int kFlush = 64;
+  VecF acc = VecF(0.f);
+  double total = 0;
+  int pending = 0;
+  void push(const VecF& v) {
+    acc = acc + v;
+    if (++pending == kFlush) flush();
+  }
+  void flush() {
+    total += double(horizontal_sum(acc));
+    acc = VecF(0.f);
+    pending = 0;
+  }
+  double result() {
+    flush();
+    return total;
+  }
+};
+
+}  // namespace cpu
+}  // namespace edd_ext
