@@ -23,10 +23,10 @@ from .train import METHODS, train_students, train_teacher
 
 #: Sizes of the default and the ``--quick`` runs; any option given on the command line wins.
 PRESETS = {
-    "default": dict(vocab=4000, train_size=20000, test_size=500, teacher_steps=1500, student_steps=1500,
-                    batch_size=64, d_model=64, layers=1, ffn=256, lr=2e-3, max_len=10, num_samples=25),
-    "quick": dict(vocab=1000, train_size=4000, test_size=200, teacher_steps=300, student_steps=300,
-                  batch_size=64, d_model=64, layers=1, ffn=256, lr=3e-3, max_len=8, num_samples=10),
+    "default": dict(vocab=4000, train_size=20000, test_size=400, teacher_steps=800, student_steps=600,
+                    batch_size=64, d_model=128, layers=1, ffn=512, lr=3e-3, max_len=10, num_samples=10, members=5),
+    "quick": dict(vocab=1000, train_size=4000, test_size=150, teacher_steps=400, student_steps=300,
+                  batch_size=64, d_model=128, layers=1, ffn=512, lr=3e-3, max_len=8, num_samples=10, members=3),
 }
 
 
@@ -37,8 +37,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a small run (smoke test; < 3 min on 2 CPU cores)")
     p.add_argument("--output-dir", default="demo_output", help="where results.json and the figure go")
     p.add_argument("--seed", type=int, default=0, help="seeds the corpus, every model and the data order")
-    p.add_argument("--members", type=int, default=5, help="ensemble size M")
     g = p.add_argument_group("sizes (defaults from the preset: default or --quick)")
+    g.add_argument("--members", type=int, help="ensemble size M (default 5; 3 with --quick)")
     g.add_argument("--vocab", type=int, help="vocabulary size V (built-in corpus: exact; files: a cap)")
     g.add_argument("--train-size", type=int, help="built-in corpus: training sentences")
     g.add_argument("--test-size", type=int, help="built-in corpus: sentences per test / OOD set")
@@ -58,6 +58,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     f.add_argument("--test-tgt")
     f.add_argument("--ood-src", action="append", default=[], help="an OOD source file (repeatable)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated students to train")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="teachers' label smoothing")
+    p.add_argument("--logit-anchor", type=float, default=1.0,
+                   help="weight of the EnD loss on the logit students' location (0: logit NLL only)")
     p.add_argument("--bleu-tokenize", default="none", help="sacrebleu tokenizer (the text is pre-tokenised)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> Dict:
         torch.manual_seed(args.seed * 1000 + m)
         model = Seq2Seq(cfg)
         info = train_teacher(model, src, tgt, steps=args.teacher_steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed * 1000 + m, desc=f"teacher {m + 1}/{args.members}", progress=progress)
+                             seed=args.seed * 1000 + m, label_smoothing=args.label_smoothing,
+                             desc=f"teacher {m + 1}/{args.members}", progress=progress)
         _log(f"[teacher {m + 1}/{args.members}] {info['train_s']:.0f} s, final NLL {info['final_loss']:.3f}")
         teachers.append(model)
         teacher_info.append(info)
@@ -139,7 +143,8 @@ def run(args: argparse.Namespace) -> Dict:
         torch.manual_seed(args.seed * 1000 + 999)  # every student starts from the same initialisation
         students[name] = Seq2Seq(cfg, log_scale_head=METHODS[name][1])
     student_info = train_students(students, teachers, src, tgt, steps=args.student_steps,
-                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress)
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  logit_anchor=args.logit_anchor, progress=progress)
     timings["students_s"] = time.perf_counter() - t0
     _log(f"[students] {timings['students_s']:.0f} s (teacher forward + ensemble_stats: "
          f"{next(iter(student_info.values()))['teacher_forward_s']:.0f} s); final losses: "

@@ -2,11 +2,12 @@
 
 The built-in corpus is a source->target "translation" over a joint vocabulary of ``vocab`` types
 (specials, source words ``s*``, target words ``t*`` and words of a held-out "foreign" language ``f*``).
-Sentences are drawn from a Zipf distribution over source words. Each source word has a translation
-table: most words have one translation, some have two or three with fixed probabilities (so the data
-carry genuine aleatoric uncertainty), a few may become a two-word phrase. Words also carry a class, and
-an adjective followed by a noun is swapped on the target side, so the models must attend beyond the
-aligned position.
+Source words are nouns, adjectives or verbs, drawn from a Zipf distribution within their class, and
+sentences follow a small grammar, ``NP (VERB NP)*`` with ``NP = [ADJ] NOUN``. The target language
+reorders (noun before adjective, verb after its object), so the models must attend beyond the aligned
+position. Each source word has a translation table: most words have one translation, some have two or
+three with fixed probabilities (so the data carry genuine aleatoric uncertainty), a few become a
+two-word phrase.
 
 Out-of-distribution (OOD) test sets are built from the in-domain test set: ``permuted`` (source words
 shuffled), ``copy`` (target-language sentences fed as the source), ``noise`` (uniformly random tokens)
@@ -66,19 +67,23 @@ class Corpus:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class ToyLanguage:
-    """The generative model of the built-in corpus: a lexicon with translation probabilities."""
+    """The generative model of the built-in corpus: a small grammar and a lexicon with translation
+    probabilities."""
 
     num_source: int
     num_target: int
     num_foreign: int
     zipf_exponent: float
-    is_adjective: np.ndarray  # [num_source] bool
+    word_class: np.ndarray  # [num_source] 0 = noun, 1 = adjective, 2 = verb
     translations: List[List[Sentence]]  # per source word: the candidate target phrases
     probabilities: List[np.ndarray]  # per source word: their probabilities
 
     @property
     def num_ambiguous(self) -> int:
         return sum(len(t) > 1 for t in self.translations)
+
+
+NOUN, ADJECTIVE, VERB = 0, 1, 2
 
 
 def _split_vocab(vocab: int):
@@ -98,9 +103,9 @@ def make_language(vocab: int, seed: int, ambiguity: float = 0.35, zipf_exponent:
     """
     num_source, num_target, num_foreign = _split_vocab(vocab)
     rng = np.random.default_rng([seed, 1])
-    is_adjective = rng.random(num_source) < 0.25
-    # Frequent source words take frequent target words: the primary translations are a permutation of
-    # the first ``num_source`` target types; alternatives may come from anywhere in the target vocabulary.
+    word_class = rng.choice(3, size=num_source, p=[0.5, 0.25, 0.25])
+    # Each source word's most likely translation is its own target word; alternatives may come from
+    # anywhere in the target vocabulary.
     primary = rng.permutation(num_target)[:num_source]
     translations: List[List[Sentence]] = []
     probabilities: List[np.ndarray] = []
@@ -113,14 +118,14 @@ def make_language(vocab: int, seed: int, ambiguity: float = 0.35, zipf_exponent:
                 options.append([f"t{rng.integers(num_target)}"])
             # A set, well-separated preference: e.g. 0.6 / 0.4 or 0.5 / 0.3 / 0.2.
             p = np.sort(rng.dirichlet(np.full(k, 2.0)))[::-1]
-        elif u < ambiguity + 0.05:
+        elif u < ambiguity + 0.05:  # a two-word phrase
             options = [options[0] + [f"t{rng.integers(num_target)}"]]
             p = np.ones(1)
         else:
             p = np.ones(1)
         translations.append(options)
         probabilities.append(p / p.sum())
-    return ToyLanguage(num_source, num_target, num_foreign, zipf_exponent, is_adjective, translations,
+    return ToyLanguage(num_source, num_target, num_foreign, zipf_exponent, word_class, translations,
                        probabilities)
 
 
@@ -129,41 +134,56 @@ def _zipf_weights(n: int, exponent: float) -> np.ndarray:
     return w / w.sum()
 
 
-def _sample_lengths(rng: np.random.Generator, n: int, min_len: int, max_len: int) -> np.ndarray:
-    return rng.integers(min_len, max_len + 1, size=n)
+class _Sampler:
+    """Zipf-distributed words of each class."""
+
+    def __init__(self, lang: ToyLanguage, rng: np.random.Generator):
+        self.rng = rng
+        self.words = [np.flatnonzero(lang.word_class == c) for c in (NOUN, ADJECTIVE, VERB)]
+        self.weights = [_zipf_weights(len(w), lang.zipf_exponent) for w in self.words]
+
+    def draw(self, cls: int) -> int:
+        return int(self.words[cls][self.rng.choice(len(self.words[cls]), p=self.weights[cls])])
 
 
-def sample_source(lang: ToyLanguage, rng: np.random.Generator, n: int, min_len: int, max_len: int,
-                  prefix: str = "s", num_types: Optional[int] = None) -> List[Sentence]:
-    """``n`` sentences of Zipf-distributed words ``{prefix}{i}``."""
-    num_types = lang.num_source if num_types is None else num_types
-    weights = _zipf_weights(num_types, lang.zipf_exponent)
-    lengths = _sample_lengths(rng, n, min_len, max_len)
-    ids = rng.choice(num_types, size=int(lengths.sum()), p=weights)
-    out, pos = [], 0
-    for length in lengths:
-        out.append([f"{prefix}{i}" for i in ids[pos:pos + length]])
-        pos += length
-    return out
+def _noun_phrase(sampler: _Sampler) -> List[int]:
+    """``[ADJ] NOUN`` in the source."""
+    noun = sampler.draw(NOUN)
+    return [sampler.draw(ADJECTIVE), noun] if sampler.rng.random() < 0.4 else [noun]
 
 
-def translate(lang: ToyLanguage, src: Sentence, rng: np.random.Generator) -> Sentence:
-    """Sample one translation: swap adjective-noun pairs, then pick each word's translation."""
-    ids = [int(w[1:]) for w in src]
-    order, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and lang.is_adjective[ids[i]] and not lang.is_adjective[ids[i + 1]]:
-            order += [ids[i + 1], ids[i]]
-            i += 2
-        else:
-            order.append(ids[i])
-            i += 1
-    out: Sentence = []
-    for j in order:
-        options = lang.translations[j]
-        k = 0 if len(options) == 1 else int(rng.choice(len(options), p=lang.probabilities[j]))
-        out.extend(options[k])
-    return out
+def sample_pair(lang: ToyLanguage, sampler: _Sampler, length: int) -> tuple:
+    """One source sentence ``NP (VERB NP)*`` of about ``length`` words and a sampled translation.
+
+    The target language puts adjectives after their noun and each verb after its object
+    (``ADJ N1 V N2`` -> ``N1 ADJ N2 V``); each word takes one of its translations at random.
+    """
+    src = _noun_phrase(sampler)
+    order = [src[::-1]]  # target-side units, nouns before adjectives
+    while len(src) + 2 <= max(length, 3):
+        verb, obj = sampler.draw(VERB), _noun_phrase(sampler)
+        src += [verb] + obj
+        order.append(obj[::-1] + [verb])
+    tgt: Sentence = []
+    for unit in order:
+        for j in unit:
+            options = lang.translations[j]
+            k = 0 if len(options) == 1 else int(sampler.rng.choice(len(options), p=lang.probabilities[j]))
+            tgt.extend(options[k])
+    return [f"s{i}" for i in src], tgt
+
+
+def sample_corpus(lang: ToyLanguage, rng: np.random.Generator, n: int, min_len: int, max_len: int):
+    sampler = _Sampler(lang, rng)
+    pairs = [sample_pair(lang, sampler, int(L)) for L in rng.integers(min_len, max_len + 1, size=n)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def sample_foreign(lang: ToyLanguage, rng: np.random.Generator, n: int, min_len: int, max_len: int):
+    """Sentences of Zipf-distributed words of a language no model was trained on."""
+    weights = _zipf_weights(lang.num_foreign, lang.zipf_exponent)
+    return [[f"f{i}" for i in rng.choice(lang.num_foreign, size=int(L), p=weights)]
+            for L in rng.integers(min_len, max_len + 1, size=n)]
 
 
 def toy_corpus(vocab: int = 4000, train_size: int = 20000, test_size: int = 500, seed: int = 0,
@@ -173,16 +193,10 @@ def toy_corpus(vocab: int = 4000, train_size: int = 20000, test_size: int = 500,
     words = ([f"s{i}" for i in range(lang.num_source)] + [f"t{i}" for i in range(lang.num_target)]
              + [f"f{i}" for i in range(lang.num_foreign)])
     dictionary = Dictionary(words)
-    rng = np.random.default_rng([seed, 2])
-    train_src = sample_source(lang, rng, train_size, min_len, max_len)
-    train_tgt = [translate(lang, s, rng) for s in train_src]
-    rng = np.random.default_rng([seed, 3])
-    test_src = sample_source(lang, rng, test_size, min_len, max_len)
-    test_tgt = [translate(lang, s, rng) for s in test_src]
+    train_src, train_tgt = sample_corpus(lang, np.random.default_rng([seed, 2]), train_size, min_len, max_len)
+    test_src, test_tgt = sample_corpus(lang, np.random.default_rng([seed, 3]), test_size, min_len, max_len)
     ood = synthetic_ood(test_src, test_tgt, dictionary, seed)
-    rng = np.random.default_rng([seed, 4])
-    ood["foreign"] = sample_source(lang, rng, test_size, min_len, max_len, prefix="f",
-                                   num_types=lang.num_foreign)
+    ood["foreign"] = sample_foreign(lang, np.random.default_rng([seed, 4]), test_size, min_len, max_len)
     description = (f"built-in toy corpus: V={len(dictionary)} ({lang.num_source} source, {lang.num_target} "
                    f"target, {lang.num_foreign} foreign types), {lang.num_ambiguous} ambiguous source words, "
                    f"{train_size} train / {test_size} test sentences")

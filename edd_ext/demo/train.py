@@ -2,6 +2,14 @@
 
 All students are trained in one loop: each batch runs the M teachers once, computes the ensemble
 statistics once with ``ensemble_stats`` and gives every student a step on the same data.
+
+The logit-space students regress all V teacher log-probabilities. In a model this small the tail classes
+(thousands of log-probabilities per position) take the capacity and the gradient, and the top class, which
+decides the translation, is learnt far more slowly than with a probability-space loss. So by default
+their objective is the logit NLL averaged over the vocabulary plus ``logit_anchor`` times the EnD loss on
+the location (``ensemble_kl(loc, stats)``); ``--logit-anchor 0`` trains with the logit NLL alone. Their
+output biases also start at the teachers' per-class mean log-probability and spread, measured on one
+batch, so that Adam need not move them by ~10 nats first.
 """
 from __future__ import annotations
 
@@ -84,7 +92,7 @@ def _step(model, opt, sched, loss: Tensor, clip: float = 1.0) -> None:
 
 
 def train_teacher(model: Seq2Seq, src, tgt, *, steps: int, batch_size: int, lr: float, seed: int,
-                  desc: str = "teacher", progress: bool = True) -> Dict[str, float]:
+                  label_smoothing: float = 0.1, desc: str = "teacher", progress: bool = True) -> Dict[str, float]:
     """Maximum-likelihood training of one teacher; its seed sets the data order (the init is set by the caller)."""
     model.train()
     opt, sched = _optimizer(model, lr, steps)
@@ -94,7 +102,8 @@ def train_teacher(model: Seq2Seq, src, tgt, *, steps: int, batch_size: int, lr: 
                leave=False, dynamic_ncols=True)
     for i, b in enumerate(bar):
         logits, _ = model(b.src, b.prev)
-        loss = F.cross_entropy(logits.flatten(0, 1), b.target.flatten(), ignore_index=PAD)
+        loss = F.cross_entropy(logits.flatten(0, 1), b.target.flatten(), ignore_index=PAD,
+                               label_smoothing=label_smoothing)
         _step(model, opt, sched, loss)
         loss_avg = loss.item() if i == 0 else 0.95 * loss_avg + 0.05 * loss.item()
         if i % 20 == 0:
@@ -104,13 +113,27 @@ def train_teacher(model: Seq2Seq, src, tgt, *, steps: int, batch_size: int, lr: 
 
 
 def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_logits: Tensor, stats,
-                 mask: Tensor) -> Tensor:
+                 mask: Tensor, logit_anchor: float = 1.0) -> Tensor:
     """The library loss of ``method`` for one batch (teacher statistics computed once, shared)."""
     fn_name, _ = METHODS[method]
     loc, log_scale = outputs
-    if log_scale is not None:
-        return getattr(_api, fn_name)(loc, log_scale, teacher_logits, mask=mask)
-    return getattr(_api, fn_name)(loc, stats, mask=mask)
+    if log_scale is None:
+        return getattr(_api, fn_name)(loc, stats, mask=mask)
+    loss = getattr(_api, fn_name)(loc, log_scale, teacher_logits, mask=mask) / loc.shape[-1]
+    if logit_anchor:
+        loss = loss + logit_anchor * _api.ensemble_kl(loc, stats, mask=mask)
+    return loss
+
+
+@torch.no_grad()
+def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: "Batch") -> None:
+    """Start a logit-space student's biases at the teachers' per-class log-prob mean and spread."""
+    x = torch.log_softmax(teacher_logits(teachers, batch.src, batch.prev).float(), -1)[batch.mask]  # [N, M, V]
+    mean = x.mean(1)
+    model.out_bias.copy_(mean.mean(0))
+    spread = (mean.var(0, unbiased=False) + x.var(1, unbiased=False).mean(0)).clamp_min(1e-4).sqrt()
+    model.log_scale.bias.copy_(spread.log())
+    model.log_scale.weight.mul_(0.1)
 
 
 @torch.no_grad()
@@ -120,15 +143,19 @@ def teacher_logits(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> Te
 
 
 def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int,
-                   batch_size: int, lr: float, seed: int, progress: bool = True) -> Dict[str, Dict[str, float]]:
+                   batch_size: int, lr: float, seed: int, logit_anchor: float = 1.0,
+                   progress: bool = True) -> Dict[str, Dict[str, float]]:
     """Distil the ensemble into every student at once; returns per-student time and final loss."""
     for t in teachers:
         t.eval()
+    rng = np.random.default_rng([seed, 20])
+    init_batch = next(batches(src, tgt, 8 * batch_size, 1, np.random.default_rng([seed, 21])))
     opts = {}
     for name, model in students.items():
+        if model.log_scale is not None:
+            init_logit_student(model, teachers, init_batch)
         model.train()
         opts[name] = _optimizer(model, lr, steps)
-    rng = np.random.default_rng([seed, 20])
     info = {name: {"train_s": 0.0, "final_loss": float("nan")} for name in students}
     shared_s = 0.0
     bar = tqdm(batches(src, tgt, batch_size, steps, rng), total=steps, desc="students", disable=not progress,
@@ -140,7 +167,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()
-            loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask)
+            loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask, logit_anchor)
             _step(model, *opts[name], loss)
             value = loss.item()
             if not math.isfinite(value):

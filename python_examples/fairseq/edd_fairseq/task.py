@@ -1,0 +1,212 @@
+"""``--task edd_distillation``: translation with a frozen teacher ensemble attached to every batch.
+
+The task is fairseq's ``translation`` task plus teachers. Each training and validation batch gets
+``sample["teacher"]``, one of
+
+* ``{"logits": [B, T, M, V], "temperature": T}`` — the M teachers' logits under teacher forcing on the
+  batch's reference targets, computed on the fly (``torch.no_grad``, teachers in eval mode, optionally in
+  float16/bfloat16 with ``--teacher-dtype``), or read back from the cache;
+* ``{"stats": {mean_probs, mean_log_probs [B, T, V], total, data, mutual_information, epkl, rmi [B, T]},
+  "num_members": M}`` — precomputed ensemble statistics (SPEC section 1) read from the cache.
+
+With ``--teacher-cache-dir DIR`` the teachers run once, in a first pass over each split before its first
+batch, and the results are stored in DIR (statistics for the criteria that need only those, every member's
+logits for the logit-space criteria); later epochs and later runs read them back and never load the
+teachers. Without it the teachers run on every batch.
+
+The teachers must share the student's target dictionary. They are loaded lazily (only when a batch needs
+them), so generation and scoring with a student trained by this task never load them.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from fairseq import checkpoint_utils, models as fairseq_models
+from fairseq.dataclass import ChoiceEnum
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from . import _api
+from .teacher_cache import TeacherCache, TeacherCachedDataset, _file_signature
+
+logger = logging.getLogger(__name__)
+
+TEACHER_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class DistillationConfig(TranslationConfig):
+    teacher_paths: str = field(
+        default="", metadata={"help": "colon-separated teacher checkpoints (e.g. a.pt:b.pt:c.pt); required "
+                                      "unless every split's teacher cache is complete"})
+    teacher_dtype: ChoiceEnum(list(TEACHER_DTYPES)) = field(
+        default="float32", metadata={"help": "dtype the teachers run in (float16/bfloat16 halve their memory "
+                                             "and time on GPUs; the losses accumulate in float32)"})
+    teacher_temperature: float = field(
+        default=1.0, metadata={"help": "teacher temperature T: members' probabilities are softmax(u / T)"})
+    teacher_smoothing: float = field(
+        default=0.0, metadata={"help": "central smoothing of every member's probabilities, (1 - eps) p + eps/V "
+                                       "(statistics-based criteria only)"})
+    teacher_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "run the teachers once per split and cache their outputs in this folder; "
+                                        "later epochs read the cache instead of running them"})
+    teacher_cache_dtype: ChoiceEnum(["float32", "float16"]) = field(
+        default="float32", metadata={"help": "storage dtype of the teacher cache"})
+    teacher_cache_max_tokens: int = field(
+        default=4096, metadata={"help": "target tokens per teacher batch while building the cache"})
+
+
+@register_task("edd_distillation", dataclass=DistillationConfig)
+class DistillationTask(TranslationTask):
+    """Translation with a teacher ensemble; see the module docstring."""
+
+    cfg: DistillationConfig
+
+    def __init__(self, cfg: DistillationConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        if not cfg.teacher_temperature > 0:
+            raise ValueError(f"--teacher-temperature: expected a positive number, got {cfg.teacher_temperature}")
+        if not 0.0 <= cfg.teacher_smoothing < 1.0:
+            raise ValueError(f"--teacher-smoothing: expected a number in [0, 1), got {cfg.teacher_smoothing}")
+        self.teacher_paths: List[str] = [p for p in (cfg.teacher_paths or "").split(os.pathsep) if p]
+        self._teachers: Optional[List[torch.nn.Module]] = None
+        self._teacher_format: Optional[str] = None  # "stats" or "logits", set when a criterion is built
+
+    # -- teachers ------------------------------------------------------------------------------------
+    @property
+    def num_teachers(self) -> int:
+        return len(self.teacher_paths)
+
+    def load_teachers(self) -> List[torch.nn.Module]:
+        """The teacher models, loaded on first use (eval mode, no gradients, ``--teacher-dtype``)."""
+        if self._teachers is not None:
+            return self._teachers
+        if not self.teacher_paths:
+            raise ValueError("--teacher-paths: the edd_distillation task needs teacher checkpoints "
+                             "(colon-separated, e.g. --teacher-paths a.pt:b.pt:c.pt), got none")
+        dtype = TEACHER_DTYPES[str(self.cfg.teacher_dtype)]
+        teachers = []
+        for path in self.teacher_paths:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--teacher-paths: no checkpoint at {path}")
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)
+            cfg = state.get("cfg")
+            if cfg is None:
+                cfg = convert_namespace_to_omegaconf(state["args"])
+            # Build with this task's dictionaries (not the teacher's own task, whose data path may be gone).
+            model = fairseq_models.build_model(cfg.model, self, from_checkpoint=True)
+            model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+            model.eval().requires_grad_(False).to(dtype)
+            out_dim = model.decoder.output_projection.out_features if hasattr(
+                model.decoder, "output_projection") and model.decoder.output_projection is not None else None
+            if out_dim is not None and out_dim != len(self.tgt_dict):
+                raise ValueError(f"--teacher-paths: teacher {path} predicts V={out_dim} classes but the target "
+                                 f"dictionary has {len(self.tgt_dict)}: teachers and student must share it")
+            teachers.append(model)
+        logger.info("edd_distillation: loaded %d teachers (%s) from %s", len(teachers), self.cfg.teacher_dtype,
+                    ", ".join(self.teacher_paths))
+        self._teachers = teachers
+        return teachers
+
+    @torch.no_grad()
+    def teacher_logits(self, sample) -> Tensor:
+        """``[B, T, M, V]`` logits of the M teachers under teacher forcing on ``sample``'s targets."""
+        net_input = sample["net_input"]
+        device = net_input["src_tokens"].device
+        outputs = []
+        for teacher in self.load_teachers():
+            if next(teacher.parameters()).device != device:
+                teacher.to(device)
+            logits, _ = teacher(src_tokens=net_input["src_tokens"], src_lengths=net_input["src_lengths"],
+                                prev_output_tokens=net_input["prev_output_tokens"])
+            outputs.append(logits)
+        return torch.stack(outputs, dim=2)
+
+    def attach_teacher(self, sample):
+        """Add ``sample["teacher"]`` (see the module docstring) unless the batch already carries it."""
+        if sample is None or len(sample) == 0 or "teacher" in sample:
+            return sample
+        sample["teacher"] = {"logits": self.teacher_logits(sample), "temperature": self.cfg.teacher_temperature,
+                             "smoothing": self.cfg.teacher_smoothing}
+        return sample
+
+    def _student_device(self) -> torch.device:
+        """Where the teachers run in the caching pass: the student's device once the trainer placed it."""
+        student = getattr(self, "_student", None)
+        if student is not None:
+            for p in student.parameters():
+                return p.device
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    # -- fairseq hooks -------------------------------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint=from_checkpoint)
+        if self._teachers is None and getattr(self, "_student", None) is None:
+            self._student = model  # the first model built is the student (teachers are built directly)
+        return model
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        if self.cfg.teacher_cache_dir:
+            self.datasets[split] = TeacherCachedDataset(self.datasets[split], split)
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint=from_checkpoint)
+        self._teacher_format = "logits" if getattr(criterion, "needs_member_logits", False) else "stats"
+        return criterion
+
+    def _ensure_cache(self, dataset: TeacherCachedDataset) -> None:
+        if dataset.cache is not None or self._teacher_format is None:
+            return  # already attached, or no criterion built (generation): leave the dataset plain
+        signature = {
+            "split": dataset.split,
+            "sentences": len(dataset),
+            "target_tokens": int(sum(int(n) for n in dataset.tgt_sizes)),
+            "num_classes": len(self.tgt_dict),
+            "teachers": [_file_signature(p) for p in self.teacher_paths] if self.teacher_paths else None,
+            "teacher_dtype": str(self.cfg.teacher_dtype),
+        }
+        if self._teacher_format == "stats":  # raw logits do not depend on these
+            signature.update(temperature=float(self.cfg.teacher_temperature),
+                             smoothing=float(self.cfg.teacher_smoothing))
+        cache = TeacherCache(self.cfg.teacher_cache_dir, dataset.split, self._teacher_format, signature,
+                             dtype=str(self.cfg.teacher_cache_dtype), temperature=self.cfg.teacher_temperature)
+        if not self.teacher_paths:
+            # Training from a cache alone: accept one built by any teachers, with the same options and data.
+            if not cache.is_complete(ignore=("teachers", "teacher_dtype")):
+                raise ValueError(f"--teacher-paths: no teachers given and the teacher cache for split "
+                                 f"{dataset.split!r} in {self.cfg.teacher_cache_dir} is missing or was built "
+                                 f"with other options or data")
+        elif not cache.is_complete():
+            logger.info("edd_distillation: first pass, caching teacher %s for split %r in %s",
+                        self._teacher_format, dataset.split, self.cfg.teacher_cache_dir)
+            device = self._student_device()
+
+            def run(sample):
+                sample = {"net_input": {k: v.to(device) for k, v in sample["net_input"].items()}}
+                return self.teacher_logits(sample)
+
+            cache.build(dataset.dataset, run, num_members=self.num_teachers, num_classes=len(self.tgt_dict),
+                        temperature=float(self.cfg.teacher_temperature),
+                        smoothing=float(self.cfg.teacher_smoothing), stats_fn=_api.ensemble_stats,
+                        max_tokens=self.cfg.teacher_cache_max_tokens)
+        dataset.attach(cache)
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        if isinstance(dataset, TeacherCachedDataset):
+            self._ensure_cache(dataset)
+        return super().get_batch_iterator(dataset, *args, **kwargs)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        sample = self.attach_teacher(sample)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        sample = self.attach_teacher(sample)
+        return super().valid_step(sample, model, criterion)
