@@ -61,13 +61,17 @@ void dirichlet_rows(const DirichletProblem& p, const scalar_t* logits, double* o
       // Pass 1: ln alpha_0 = top + log1p(rest), top = ln alpha of the largest logit (logaddexp is monotone).
       acc_t max_z = acc_t(z[0]);
       for (int64_t k = 1; k < vocab; ++k) max_z = larger(max_z, acc_t(z[k]));
-      const acc_t top = math::logaddexp(max_z, log_c);
-      double rest = -1;  // the first class equal to the maximum adds 1 below and is not part of `rest`
+      const acc_t top = math::log_concentration(max_z, log_c);
+      double rest = 0, ties = 0;  // alpha_k / alpha_top over the other classes; classes equal to the top
       for (int64_t k = 0; k < vocab; ++k) {
         const acc_t zk = acc_t(z[k]);
-        rest += zk == max_z ? 1.0 : double(math::exp_(math::logaddexp(zk, log_c) - top));
+        if (zk == max_z) {
+          ties += 1;
+        } else {
+          rest += double(math::exp_(math::log_concentration(zk, log_c) - top));
+        }
       }
-      const math::DirichletScalars s = math::dirichlet_scalars(double(top), rest);
+      const math::DirichletScalars s = math::dirichlet_scalars(double(top), rest + (ties - 1));
       // Pass 2: the per-class terms.
       double sums[math::kNumDirichletSums] = {0, 0, 0, 0};
       const acc_t log1p_rest = acc_t(s.log1p_rest), g0 = acc_t(s.g0);

@@ -201,6 +201,14 @@ EDD_HD_INLINE float noise_component(const Noise4& e, int j) {
 // Dirichlet measure terms
 // ---------------------------------------------------------------------------------------------------
 
+// ln alpha = ln(exp(z) + c) = logaddexp(z, ln c), exact where exp(z) underflows; a NaN logit stays NaN
+// (the shared logaddexp takes max/min, which would drop it).
+template <typename T>
+EDD_HD T log_concentration(T z, T log_c) {
+  if (log_c == neg_inf<T>()) return z;
+  return z >= log_c ? z + log1p_(exp_(log_c - z)) : log_c + log1p_(exp_(z - log_c));
+}
+
 // x g(x) = x (psi(x + 1) - ln x) in [0, 1/2), given ln x (exact in log space even where x underflows).
 // Above the series threshold psi(x + 1) - ln x = 1/(2x) + digamma_tail(x), which keeps the digits the
 // direct difference cancels away.
@@ -250,7 +258,7 @@ constexpr int kNumDirichletMeasures = 7;  // the 5 measures, precision, differen
 template <typename T>
 EDD_HD void dirichlet_class_terms(T z, T c, T log_c, T top, T log1p_rest, T g0, double (&sums)[kNumDirichletSums]) {
   const T alpha = exp_(z) + c;
-  const T log_alpha = logaddexp(z, log_c);
+  const T log_alpha = log_concentration(z, log_c);
   const T log_p = (log_alpha - top) - log1p_rest;
   const T p = exp_(log_p);
   const T xg = x_times_g(alpha, log_alpha);
