@@ -124,10 +124,11 @@ def gaussian_epkl(loc: Tensor, log_scale: Tensor, *, min_scale: float = 0.0) -> 
     z, z' ~ N(mu, diag s^2). The Monte-Carlo EPKL of :func:`logit_distribution` with S samples counts the S
     zero self-pairs among its S^2 pairs, so it approaches (1 - 1/S) times this value as s -> 0.
 
-    Plain tensor ops, on purpose: one log-softmax and an elementwise product summed over V are bound by
-    memory traffic, which a fused kernel would not reduce by much, and ``torch.compile`` fuses them anyway.
-    Evaluated as exp(2 ln s + ln p) (1 - p) with 1 - p = -expm1(ln p), so that large scales do not overflow
-    s^2 and confident classes keep 1 - p accurate. Not differentiable (inputs are detached), like the other
+    Plain tensor ops, on purpose: a log-softmax, one more log-sum-exp and an elementwise product summed over
+    V are bound by memory traffic, which a fused kernel would not reduce by much, and ``torch.compile`` fuses
+    them anyway. Evaluated in log space, exp(2 ln s + ln p + ln(1 - p)), so that large scales do not overflow
+    s^2; 1 - p is -expm1(ln p) except for the most probable class, where it is the softmax mass of the other
+    classes (accurate even when p rounds to 1). Not differentiable (inputs are detached), like the other
     measures.
 
     Shape:
@@ -137,6 +138,11 @@ def gaussian_epkl(loc: Tensor, log_scale: Tensor, *, min_scale: float = 0.0) -> 
     _check_real("min_scale", min_scale, minimum=0.0, strict=False)
     dtype = torch.float64 if loc.dtype == torch.float64 else torch.float32
     mu, rho = loc.detach().to(dtype), log_scale.detach().to(dtype)
-    log_s = torch.logaddexp(rho, torch.tensor(math.log(min_scale), dtype=dtype, device=rho.device)) if min_scale > 0 else rho
-    log_p = torch.log_softmax(mu, dim=-1)
-    return (torch.exp(2.0 * log_s + log_p) * -torch.expm1(log_p)).sum(-1)
+    if min_scale > 0:
+        rho = torch.logaddexp(rho, torch.tensor(math.log(min_scale), dtype=dtype, device=rho.device))
+    lse = torch.logsumexp(mu, dim=-1, keepdim=True)
+    log_p = mu - lse
+    top = mu.argmax(dim=-1, keepdim=True)
+    others = mu.scatter(-1, top, float("-inf")).logsumexp(dim=-1, keepdim=True) - lse  # ln(1 - p_top)
+    log_rest = torch.log(-torch.expm1(log_p)).scatter(-1, top, others)
+    return torch.exp(2.0 * rho + log_p + log_rest).sum(-1)
