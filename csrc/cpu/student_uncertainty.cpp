@@ -213,19 +213,15 @@ template <typename acc_t>
 EDD_CPU_INLINE void accumulate_impl(int rows, acc_t* const (&y)[4], acc_t* const (&e)[4], const acc_t (&lse)[4],
                                     const acc_t (&inv_sum)[4], acc_t* sum_p, acc_t* sum_l, acc_t* sum_pl,
                                     int64_t vocab) {
+  const auto run = [&](auto rows_constant) {
+    accumulate_rows<decltype(rows_constant)::value, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse,
+                                                           inv_sum, sum_p, sum_l, sum_pl, vocab);
+  };
   switch (rows) {
-    case 1:
-      accumulate_rows<1, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse, inv_sum, sum_p, sum_l, sum_pl, vocab);
-      break;
-    case 2:
-      accumulate_rows<2, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse, inv_sum, sum_p, sum_l, sum_pl, vocab);
-      break;
-    case 3:
-      accumulate_rows<3, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse, inv_sum, sum_p, sum_l, sum_pl, vocab);
-      break;
-    default:
-      accumulate_rows<4, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse, inv_sum, sum_p, sum_l, sum_pl, vocab);
-      break;
+    case 1: run(std::integral_constant<int, 1>()); break;
+    case 2: run(std::integral_constant<int, 2>()); break;
+    case 3: run(std::integral_constant<int, 3>()); break;
+    default: run(std::integral_constant<int, 4>()); break;
   }
 }
 
@@ -299,7 +295,9 @@ template <Family kFamily, typename scalar_t, typename acc_t>
 void logit_rows(const LogitProblem& p, const scalar_t* loc, const scalar_t* log_scale, acc_t* out) {
   at::parallel_for(0, p.positions, 1, [&](int64_t begin, int64_t end) {
     LogitWorkspace<acc_t> workspace(p.vocab);
-    for (int64_t n = begin; n < end; ++n) logit_position<kFamily, scalar_t, acc_t>(p, n, loc, log_scale, workspace, out);
+    for (int64_t n = begin; n < end; ++n) {
+      logit_position<kFamily, scalar_t, acc_t>(p, n, loc, log_scale, workspace, out);
+    }
   });
 }
 
@@ -308,18 +306,18 @@ at::Tensor logit_distribution_uncertainty_cpu(const at::Tensor& loc, const at::T
                                               double temperature, double min_scale) {
   LogitProblem p = make_logit_problem(loc, log_scale, family, num_samples, seed, temperature, min_scale);
   if (p.positions == 0) return p.out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.loc.scalar_type(), "edd_ext::logit_distribution_uncertainty",
-                                  [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    const scalar_t* mu = p.loc.const_data_ptr<scalar_t>();
-                                    const scalar_t* rho = p.log_scale.const_data_ptr<scalar_t>();
-                                    acc_t* out = p.out.mutable_data_ptr<acc_t>();
-                                    if (p.family == Family::kGaussian) {
-                                      logit_rows<Family::kGaussian, scalar_t, acc_t>(p, mu, rho, out);
-                                    } else {
-                                      logit_rows<Family::kLaplace, scalar_t, acc_t>(p, mu, rho, out);
-                                    }
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, p.loc.scalar_type(), "edd_ext::logit_distribution_uncertainty", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* mu = p.loc.const_data_ptr<scalar_t>();
+        const scalar_t* rho = p.log_scale.const_data_ptr<scalar_t>();
+        acc_t* out = p.out.mutable_data_ptr<acc_t>();
+        if (p.family == Family::kGaussian) {
+          logit_rows<Family::kGaussian, scalar_t, acc_t>(p, mu, rho, out);
+        } else {
+          logit_rows<Family::kLaplace, scalar_t, acc_t>(p, mu, rho, out);
+        }
+      });
   return p.out;
 }
 

@@ -27,7 +27,8 @@ def _check_loc_scale(loc: object, log_scale: object) -> None:
         )
     if log_scale.dtype != loc.dtype:
         raise ValueError(
-            f"log_scale: expected the dtype of loc ({loc.dtype}), got {log_scale.dtype} (shape {tuple(log_scale.shape)})"
+            f"log_scale: expected the dtype of loc ({loc.dtype}), got {log_scale.dtype} "
+            f"(shape {tuple(log_scale.shape)})"
         )
     check_same_device(loc=loc, log_scale=log_scale)
 
