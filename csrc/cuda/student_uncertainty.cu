@@ -106,14 +106,14 @@ at::Tensor dirichlet_uncertainty_cuda(const at::Tensor& student_logits, double m
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int threads = cuda::threads_for(p.vocab);
   const int64_t blocks = grid_for(p.positions, p.logits, 16);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty_cuda",
-                                  [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    dirichlet_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-                                        p.logits.const_data_ptr<scalar_t>(), p.positions, p.vocab, acc_t(p.offset),
-                                        acc_t(p.log_offset), p.out.mutable_data_ptr<double>());
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        dirichlet_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
+            p.logits.const_data_ptr<scalar_t>(), p.positions, p.vocab, acc_t(p.offset), acc_t(p.log_offset),
+            p.out.mutable_data_ptr<double>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return p.out;
 }
 
@@ -161,9 +161,12 @@ __global__ void logit_kernel(const scalar_t* __restrict__ loc, const scalar_t* _
         acc[3].push(a + b * acc_t(e.e3));
       }
       const int rows = args.samples - 4 * g < 4 ? int(args.samples - 4 * g) : 4;
-      for (int j = 0; j < rows; ++j) {
-        const math::OnlineLogSumExp<acc_t> total = cuda::block_logsumexp(acc[j], lse_scratch);
-        if (threadIdx.x == 0) lse[4 * g + j] = total.result();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {  // unrolled: acc[] stays in registers
+        if (j < rows) {
+          const math::OnlineLogSumExp<acc_t> total = cuda::block_logsumexp(acc[j], lse_scratch);
+          if (threadIdx.x == 0) lse[4 * g + j] = total.result();
+        }
       }
     }
     __syncthreads();  // lse[] complete
@@ -209,9 +212,15 @@ at::Tensor logit_distribution_uncertainty_cuda(const at::Tensor& loc, const at::
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.loc.scalar_type(), "edd_ext::logit_distribution_uncertainty_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const LogitArgs<acc_t> args{p.positions,           p.vocab,          p.samples,
-                                    p.seed,                acc_t(p.inv_temperature), acc_t(p.min_scale),
-                                    acc_t(p.inv_samples), acc_t(p.log_samples)};
+        LogitArgs<acc_t> args;
+        args.positions = p.positions;
+        args.vocab = p.vocab;
+        args.samples = p.samples;
+        args.seed = p.seed;
+        args.inv_t = acc_t(p.inv_temperature);
+        args.min_scale = acc_t(p.min_scale);
+        args.inv_samples = acc_t(p.inv_samples);
+        args.log_samples = acc_t(p.log_samples);
         const scalar_t* mu = p.loc.const_data_ptr<scalar_t>();
         const scalar_t* rho = p.log_scale.const_data_ptr<scalar_t>();
         acc_t* ws = workspace.mutable_data_ptr<acc_t>();
@@ -254,7 +263,9 @@ __global__ void noise_kernel(const int64_t* __restrict__ positions, int64_t coun
   }
 }
 
-int64_t elementwise_blocks(int64_t count) { return std::max<int64_t>(1, std::min<int64_t>((count + 255) / 256, 65535)); }
+int64_t elementwise_blocks(int64_t count) {
+  return std::max<int64_t>(1, std::min<int64_t>((count + 255) / 256, 65535));
+}
 
 at::Tensor philox4x32_cuda(const at::Tensor& counters, int64_t seed) {
   check_philox_counters(counters);
