@@ -21,7 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
+#include <limits>
 #include <vector>
 
 #include "edd_ext/student_uncertainty_host.h"
@@ -31,8 +31,11 @@ namespace {
 
 using math::Family;
 
+// The hot row loops are compiled for AVX-512, AVX2 and the x86-64 baseline, picked at load time (GCC target
+// clones; elsewhere one baseline build). Without contraction into FMAs every clone rounds exactly like the
+// baseline, so a seed gives the same bits on any CPU.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EDD_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define EDD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
 #define EDD_CPU_INLINE inline __attribute__((always_inline))
 #else
 #define EDD_CPU_CLONES
@@ -113,8 +116,7 @@ EDD_CPU_INLINE void draw_group(const philox::Stream& stream, uint32_t group, con
   }
 }
 
-// The float instances, compiled for AVX2 as well as for the baseline where the compiler can dispatch at run
-// time: without FMA contraction the two clones round identically, so results do not depend on the CPU.
+// The float instances, in target clones (EDD_CPU_CLONES).
 EDD_CPU_CLONES void draw_group_gaussian(const philox::Stream& stream, uint32_t group, const float* a, const float* b,
                                         float* y0, float* y1, float* y2, float* y3, int64_t vocab) {
   draw_group<Family::kGaussian, float>(stream, group, a, b, y0, y1, y2, y3, vocab);
@@ -141,29 +143,40 @@ void draw(const philox::Stream& stream, uint32_t group, const double* a, const d
   draw_group<kFamily, double>(stream, group, a, b, y[0], y[1], y[2], y[3], vocab);
 }
 
-inline float exp_shifted(float x) { return math::exp_nonpositive(x); }
+inline float exp_shifted(float x) { return math::exp_flush(x); }
 inline double exp_shifted(double x) { return math::exp_(x); }
 
-// e = exp(y - max y); returns ln sum exp(y) and 1 / sum exp(y - max). Eight independent partial maxima and
-// sums keep the scalar reductions off one dependency chain; the exponentials vectorise.
+// The largest element of a row. Floats through integer keys that order like them (the sign-magnitude bit
+// pattern folded into two's complement), because an integer max reduction vectorises and a float one, with
+// its NaN rules, does not. A positive NaN is the largest key (and makes the row NaN); a negative one is
+// skipped and reaches the results through the log-probabilities.
+EDD_CPU_INLINE float row_max(const float* __restrict y, int64_t vocab) {
+  int32_t m = std::numeric_limits<int32_t>::min();
+  for (int64_t k = 0; k < vocab; ++k) {
+    const int32_t b = int32_t(math::float_bits(y[k]));
+    const int32_t key = b ^ ((b >> 31) & 0x7fffffff);
+    m = key > m ? key : m;
+  }
+  return math::bits_float(uint32_t(m ^ ((m >> 31) & 0x7fffffff)));
+}
+
+EDD_CPU_INLINE double row_max(const double* __restrict y, int64_t vocab) {
+  double m = y[0];
+  for (int64_t k = 1; k < vocab; ++k) m = larger(m, y[k]);
+  return m;
+}
+
+// e = exp(y - max y); returns ln sum exp(y) and 1 / sum exp(y - max). The sum runs in eight lanes (that
+// vectorise) combined in float64.
 template <typename acc_t>
 EDD_CPU_INLINE void softmax_row_impl(const acc_t* __restrict y, acc_t* __restrict e, int64_t vocab, acc_t& lse,
                                      acc_t& inv_sum) {
+  const acc_t mx = row_max(y, vocab);
+  for (int64_t k = 0; k < vocab; ++k) e[k] = exp_shifted(y[k] - mx);
   constexpr int kLanes = 8;
-  acc_t m[kLanes];
-  for (int l = 0; l < kLanes; ++l) m[l] = math::neg_inf<acc_t>();
+  acc_t s[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= vocab; k += kLanes) {
-    for (int l = 0; l < kLanes; ++l) m[l] = larger(m[l], y[k + l]);
-  }
-  for (; k < vocab; ++k) m[0] = larger(m[0], y[k]);
-  acc_t mx = m[0];
-  for (int l = 1; l < kLanes; ++l) mx = larger(mx, m[l]);
-
-  for (k = 0; k < vocab; ++k) e[k] = exp_shifted(y[k] - mx);
-
-  acc_t s[kLanes] = {};
-  for (k = 0; k + kLanes <= vocab; k += kLanes) {
     for (int l = 0; l < kLanes; ++l) s[l] += e[k + l];
   }
   double sum = 0;
@@ -213,16 +226,16 @@ template <typename acc_t>
 EDD_CPU_INLINE void accumulate_impl(int rows, acc_t* const (&y)[4], acc_t* const (&e)[4], const acc_t (&lse)[4],
                                     const acc_t (&inv_sum)[4], acc_t* sum_p, acc_t* sum_l, acc_t* sum_pl,
                                     int64_t vocab) {
-  const auto run = [&](auto rows_constant) {
-    accumulate_rows<decltype(rows_constant)::value, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse,
-                                                           inv_sum, sum_p, sum_l, sum_pl, vocab);
-  };
+#define EDD_ACCUMULATE(ROWS)                                                                                    \
+  accumulate_rows<ROWS, acc_t>(y[0], y[1], y[2], y[3], e[0], e[1], e[2], e[3], lse, inv_sum, sum_p, sum_l, sum_pl, \
+                               vocab)
   switch (rows) {
-    case 1: run(std::integral_constant<int, 1>()); break;
-    case 2: run(std::integral_constant<int, 2>()); break;
-    case 3: run(std::integral_constant<int, 3>()); break;
-    default: run(std::integral_constant<int, 4>()); break;
+    case 1: EDD_ACCUMULATE(1); break;
+    case 2: EDD_ACCUMULATE(2); break;
+    case 3: EDD_ACCUMULATE(3); break;
+    default: EDD_ACCUMULATE(4); break;
   }
+#undef EDD_ACCUMULATE
 }
 
 EDD_CPU_CLONES void accumulate(int rows, float* const (&y)[4], float* const (&e)[4], const float (&lse)[4],
@@ -233,6 +246,15 @@ EDD_CPU_CLONES void accumulate(int rows, float* const (&y)[4], float* const (&e)
 void accumulate(int rows, double* const (&y)[4], double* const (&e)[4], const double (&lse)[4],
                 const double (&inv_sum)[4], double* sum_p, double* sum_l, double* sum_pl, int64_t vocab) {
   accumulate_impl<double>(rows, y, e, lse, inv_sum, sum_p, sum_l, sum_pl, vocab);
+}
+
+// In place: rho -> s / T = (exp(rho) + min_scale) / T.
+EDD_CPU_CLONES void scales(float* b, int64_t vocab, float min_scale, float inv_t) {
+  for (int64_t k = 0; k < vocab; ++k) b[k] = (math::exp_flush(b[k]) + min_scale) * inv_t;
+}
+
+void scales(double* b, int64_t vocab, double min_scale, double inv_t) {
+  for (int64_t k = 0; k < vocab; ++k) b[k] = (math::exp_(b[k]) + min_scale) * inv_t;
 }
 
 template <typename acc_t>
@@ -263,9 +285,10 @@ void logit_position(const LogitProblem& p, int64_t n, const scalar_t* loc, const
   const scalar_t* rho = log_scale + n * vocab;
   for (int64_t k = 0; k < vocab; ++k) {
     w.a[k] = acc_t(mu[k]) * inv_t;
-    w.b[k] = (math::exp_(acc_t(rho[k])) + min_scale) * inv_t;
+    w.b[k] = acc_t(rho[k]);
     w.sum_p[k] = w.sum_l[k] = w.sum_pl[k] = acc_t(0);
   }
+  scales(w.b, vocab, min_scale, inv_t);
   const philox::Stream stream(p.seed, uint64_t(n));
   const int64_t groups = (p.samples + 3) / 4;
   for (int64_t g = 0; g < groups; ++g) {

@@ -130,14 +130,17 @@ EDD_HD_INLINE void sincos_turns(float a, float& sin_out, float& cos_out) {
   cos_out = bits_float(float_bits(select_bits(swap, s, c)) ^ cos_sign);
 }
 
-// exp(x) for x <= 0 (the shifted logits of a softmax): x < -87 flushes to +0 (that is below 2^-125, far
-// under what a probability sum resolves); Cephes expf polynomial (within 2 ulp), 2^n from the exponent
-// bits. Positive x works up to 88 as well. NaN input gives NaN or 0 (callers carry NaN through the
-// log-probabilities, not through this).
-EDD_HD_INLINE float exp_nonpositive(float x) {
-  constexpr uint32_t kLowBits = 0xc2ae0000u;  // bits of -87.0f; larger bit patterns are more negative
-  const uint32_t under = 0u - uint32_t(float_bits(x) > kLowBits);
-  const float xc = select_bits(under, -87.0f, x);
+// exp(x) (softmax terms exp(y - max y) <= 1, scales exp(rho)): the Cephes expf polynomial (within 2 ulp) and
+// 2^n from the exponent bits. x < -87 (-inf included) flushes to +0, below 2^-125, far under what a
+// probability sum resolves; x > 88.3 gives +inf (exp(88.3) = 2e38, near the float maximum); NaN stays NaN.
+EDD_HD_INLINE float exp_flush(float x) {
+  // Bit patterns: above kLow (-87) up to -inf are more negative floats (then negative NaNs); above kHigh (88.3)
+  // up to +inf larger positive ones (then positive NaNs).
+  constexpr uint32_t kLow = 0xc2ae0000u, kNegInf = 0xff800000u, kHigh = 0x42b0999au, kPosInf = 0x7f800000u;
+  const uint32_t bits = float_bits(x);
+  const uint32_t under = 0u - uint32_t((bits > kLow) & (bits <= kNegInf));
+  const uint32_t over = 0u - uint32_t((bits > kHigh) & (bits <= kPosInf));
+  const float xc = select_bits(under | over, 0.0f, x);
   const float t = xc * 1.44269504088896341f;
   const int32_t n = int32_t(float_bits(t + 12582912.0f) - 0x4b400000u);  // round(t), |t| < 2^22
   const float r = float(n);
@@ -152,7 +155,7 @@ EDD_HD_INLINE float exp_nonpositive(float x) {
   y = y * f + 5.0000001201e-1f;
   y = y * z + f + 1.0f;
   const float scale = bits_float(uint32_t(n + 127) << 23);
-  return bits_float(float_bits(y * scale) & ~under);
+  return bits_float((float_bits(y * scale) & ~(under | over)) | (over & kPosInf));
 }
 
 // ---------------------------------------------------------------------------------------------------
