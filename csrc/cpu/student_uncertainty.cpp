@@ -143,8 +143,8 @@ void draw(const philox::Stream& stream, uint32_t group, const double* a, const d
   draw_group<kFamily, double>(stream, group, a, b, y[0], y[1], y[2], y[3], vocab);
 }
 
-inline float exp_shifted(float x) { return math::exp_flush(x); }
-inline double exp_shifted(double x) { return math::exp_(x); }
+EDD_CPU_INLINE float exp_shifted(float x) { return math::exp_flush(x); }
+EDD_CPU_INLINE double exp_shifted(double x) { return math::exp_(x); }
 
 // The largest element of a row. Floats through integer keys that order like them (the sign-magnitude bit
 // pattern folded into two's complement), because an integer max reduction vectorises and a float one, with

@@ -73,7 +73,8 @@ def logit_distribution(
     Box-Muller, standard Laplace by its inverse CDF, ``csrc/include/edd_ext/student_math.h``), so each pass
     over a row regenerates the noise it needs. Consequently:
 
-    * the same ``seed`` gives bit-identical results on every run, for any thread count;
+    * the same ``seed`` gives bit-identical results on every run, for any thread count, and on the CPU for any
+      instruction set the kernel dispatches to (AVX-512, AVX2 or the x86-64 baseline);
     * the noise is common to every input: shifting ``loc`` by a constant per position leaves the
       measures unchanged, and two students compared under one seed see the same draws;
     * "position" is the flat index in ``loc.reshape(-1, V)``: a row evaluated inside a different batch
