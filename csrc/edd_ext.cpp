@@ -19,4 +19,18 @@ TORCH_LIBRARY(edd_ext, m) {
   // ---- distillation losses (SPEC section 2) ----
 
   // ---- student uncertainty (SPEC section 3) ----
+  // student_logits [*, V] -> [*, 7] float64: total, data, mutual_information, epkl, rmi, precision,
+  // differential_entropy of Dir(exp(z) + model_offset)
+  m.def("dirichlet_uncertainty(Tensor student_logits, float model_offset) -> Tensor");
+  // loc, log_scale [*, V] -> [*, 5] (total, data, mutual_information, epkl, rmi) of num_samples Monte-Carlo
+  // draws z = loc + (exp(log_scale) + min_scale) * eps, eps from Philox4x32-10 keyed by (seed, position,
+  // sample, class); family: "gaussian" | "laplace". float32, or float64 for float64 input.
+  m.def(
+      "logit_distribution_uncertainty(Tensor loc, Tensor log_scale, str family, int num_samples, int seed,"
+      " float temperature, float min_scale) -> Tensor");
+  // Test access to the generator: counters [*, 4] (int64 holding 32-bit words) -> [*, 4] Philox4x32-10 output
+  // words under the key (seed mod 2^32, seed div 2^32).
+  m.def("philox4x32(Tensor counters, int seed) -> Tensor");
+  // The float32 noise the logit kernels draw at positions [P] (int64 indices): [P, num_samples, vocab].
+  m.def("philox_noise(Tensor positions, int seed, int num_samples, int vocab, str family) -> Tensor");
 }
