@@ -82,7 +82,9 @@ def extensions():
     sources = ["csrc/module.cpp", "csrc/edd_ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     opt = ["-O0", "-g"] if _flag("EDD_EXT_DEBUG") else ["-O3", "-g0"]
     simd, simd_name = _cpu_simd_flags()
-    cxx = opt + ["-fvisibility=hidden"] + simd
+    # -ffp-contract=off: no implicit a*b+c fusion, so a formula rounds the same in every kernel and build (the
+    # Monte-Carlo noise is bit-reproducible); SIMD code asks for fused multiply-adds explicitly.
+    cxx = opt + ["-fvisibility=hidden", "-ffp-contract=off"] + simd
     macros = []
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if with_cuda:
