@@ -3,8 +3,8 @@
 // scale, forward and closed-form gradients in one call.
 //
 // One task per position: the members' normalisers (log-sum-exp or mean logit), then one streaming pass over
-// the teacher per class. Gaussian deviations are accumulated in centred form (the members' mean x-, then
-// sum_m (x_m - x-)^2 from the same M values); Laplace needs every member (|x_m - mu| and sign(x_m - mu)).
+// the teacher per class. Gaussian deviations are accumulated in centred form around a pivot member
+// (logit_math.h, CentredMoments: never E[x^2] - 2 mu E[x] + mu^2); Laplace needs every member (|x_m - mu| and sign(x_m - mu)).
 // Float32 math (float64 for float64 inputs), float64 row sums.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -69,15 +69,12 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
           }
           t = math::laplace_class(rho, log_min_scale, abs_sum, sign_sum, inv_m);
         } else {
-          acc_t mean = 0;
-          for (int64_t m = 0; m < members; ++m) mean += target(m, k);
-          mean *= inv_m;
-          acc_t spread = 0;
-          for (int64_t m = 0; m < members; ++m) {
-            const acc_t d = target(m, k) - mean;
-            spread += d * d;
-          }
-          t = math::gaussian_class(mu, rho, log_min_scale, mean, spread, inv_m);
+          math::CentredMoments<acc_t> c;
+          c.first(target(0, k));
+          for (int64_t m = 1; m < members; ++m) c.add(target(m, k));
+          c.finish_mean(inv_m);
+          for (int64_t m = 0; m < members; ++m) c.add_spread(target(m, k));
+          t = math::gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_m);
         }
         sum += double(t.loss);
         if (g_loc != nullptr) {

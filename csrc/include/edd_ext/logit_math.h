@@ -48,15 +48,15 @@ struct LocScaleLossGrad {
   T grad_log_scale;
 };
 
-// Gaussian: with v = (1/M) sum_m (x_m - mu)^2 = spread / M + (mean - mu)^2 (centred form: `mean` is the
-// members' mean x- and `spread` = sum_m (x_m - x-)^2, both accumulated by the caller),
+// Gaussian: with v = (1/M) sum_m (x_m - mu)^2 = spread / M + (mu - x-)^2 in centred form (x- the members'
+// mean, spread = sum_m (x_m - x-)^2; the caller accumulates both around a pivot member, see
+// `CentredMoments`, so that targets far from zero keep their digits),
 //   L_k        = ln s + ln(2 pi) / 2 + v / (2 s^2)
 //   dL/dmu_k   = (mu - x-) / s^2
 //   dL/drho_k  = (1 - v / s^2) (s - s_min) / s       (d(ln s)/drho = ratio, d(1/s^2)/drho = -2 ratio / s^2)
 template <typename T>
-EDD_HD LocScaleLossGrad<T> gaussian_class(T mu, T rho, T log_min_scale, T mean, T spread, T inv_members) {
+EDD_HD LocScaleLossGrad<T> gaussian_class(T rho, T log_min_scale, T dev, T spread, T inv_members) {
   const StudentScale<T> s = student_scale(rho, log_min_scale);
-  const T dev = mu - mean;
   const T inv_var = s.inv_scale * s.inv_scale;
   const T v = spread * inv_members + dev * dev;
   const T z2 = v * inv_var;
@@ -66,6 +66,27 @@ EDD_HD LocScaleLossGrad<T> gaussian_class(T mu, T rho, T log_min_scale, T mean, 
   out.grad_log_scale = (T(1) - z2) * s.ratio;
   return out;
 }
+
+// The members' targets of one class in centred form around the first member x_0 (a pivot: x_m - x_0 and
+// x_0 - mu are small when the targets are close to each other and to mu, and are formed exactly):
+//   d_m = x_m - x_0,  d- = (1/M) sum_m d_m,  x- - mu = (x_0 - mu) + d-,  spread = sum_m (d_m - d-)^2.
+// Usage: first(x_0); add(x_m) for m >= 1; then mean_offset(); then add_spread(x_m) for every m.
+template <typename T>
+struct CentredMoments {
+  T pivot = T(0);
+  T sum_d = T(0);
+  T mean_d = T(0);
+  T spread = T(0);
+  EDD_HD void first(T x0) { pivot = x0; }
+  EDD_HD void add(T x) { sum_d += x - pivot; }
+  EDD_HD void finish_mean(T inv_members) { mean_d = sum_d * inv_members; }
+  EDD_HD void add_spread(T x) {
+    const T d = (x - pivot) - mean_d;
+    spread += d * d;
+  }
+  // mu - x-
+  EDD_HD T loc_minus_mean(T mu) const { return (mu - pivot) - mean_d; }
+};
 
 // Laplace: with a = (1/M) sum_m |x_m - mu| and n = sum_m sign(x_m - mu) (accumulated by the caller),
 //   L_k        = ln s + ln 2 + a / s
