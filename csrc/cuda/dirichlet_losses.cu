@@ -171,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cuda(const at::Tensor& student_
     using teacher_t = typename decltype(t)::type;
     using acc_t = loss_acc_t<student_t, teacher_t>;
     const bool from_logits = p.teacher_logits.defined();
-    const size_t shared = 2 * sizeof(acc_t) * size_t(p.members);
+    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
     dirichlet_nll_kernel<student_t, teacher_t, acc_t><<<l.blocks, l.threads, shared, l.stream>>>(
         p.student.const_data_ptr<student_t>(), from_logits ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr,
         from_logits ? nullptr : p.teacher_rows.const_data_ptr<teacher_t>(), p.mask_data(), p.positions, p.members,
@@ -203,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cuda(
     // one O(V) row of mean probabilities per block (from logits only)
     at::Tensor scratch = at::empty({from_logits ? l.blocks * p.vocab : 0},
                                    p.student.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const size_t shared = 2 * sizeof(acc_t) * size_t(p.members);
+    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
     proxy_kl_kernel<student_t, teacher_t, acc_t><<<l.blocks, l.threads, shared, l.stream>>>(
         p.student.const_data_ptr<student_t>(), from_logits ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr,
         from_logits ? nullptr : p.teacher_rows.const_data_ptr<teacher_t>(),

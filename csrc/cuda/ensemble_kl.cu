@@ -88,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> ensemble_kl_cuda(const at::Tensor& student_lo
     using teacher_t = typename decltype(t)::type;
     using acc_t = loss_acc_t<student_t, teacher_t>;
     const bool from_logits = p.teacher_logits.defined();
-    const size_t shared = 2 * sizeof(acc_t) * size_t(p.members);
+    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
     ensemble_kl_kernel<student_t, teacher_t, acc_t><<<blocks, threads, shared, stream>>>(
         p.student.const_data_ptr<student_t>(), from_logits ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr,
         from_logits ? nullptr : p.teacher_rows.const_data_ptr<teacher_t>(), p.mask_data(), p.positions, p.members,

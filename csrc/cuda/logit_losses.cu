@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cuda(const at::Tensor& 
     using student_t = typename decltype(s)::type;
     using teacher_t = typename decltype(t)::type;
     using acc_t = loss_acc_t<student_t, teacher_t>;
-    const size_t shared = 2 * sizeof(acc_t) * size_t(p.members);
+    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
     logit_nll_kernel<student_t, teacher_t, acc_t><<<blocks, threads, shared, stream>>>(
         p.student.const_data_ptr<student_t>(), p.log_scale.const_data_ptr<student_t>(),
         p.teacher_logits.const_data_ptr<teacher_t>(), p.mask_data(), p.positions, p.members, p.vocab, laplace, norm,

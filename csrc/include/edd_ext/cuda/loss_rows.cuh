@@ -2,6 +2,7 @@
 // position's teacher logits, zeroing a masked position's gradient row, and the launch configuration.
 #pragma once
 
+#include <c10/util/Exception.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -68,6 +69,14 @@ template <typename T>
 __device__ void block_zero_row(T* row, int64_t vocab) {
   if (row == nullptr) return;
   for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) row[k] = T(0);
+}
+
+// Dynamic shared memory of the loss kernels: the members' shift and offset (2 M values of acc_t).
+inline size_t member_shared_bytes(int64_t members, size_t acc_size) {
+  const size_t bytes = 2 * acc_size * size_t(members);
+  TORCH_CHECK_VALUE(bytes <= 48 * 1024, "teacher_logits: the CUDA kernels take at most ", 48 * 1024 / (2 * acc_size),
+                    " members in [*, M, V], got M = ", members);
+  return bytes;
 }
 
 // Blocks for `positions` rows: at most a few resident blocks per multiprocessor (a block loops over
