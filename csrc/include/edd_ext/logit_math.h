@@ -35,6 +35,12 @@ struct StudentScale {
 template <typename T>
 EDD_HD StudentScale<T> student_scale(T rho, T log_min_scale) {
   StudentScale<T> s;
+  if (log_min_scale == neg_inf<T>()) {  // s_min = 0 (the default): s = exp(rho), one exponential
+    s.log_scale = rho;
+    s.inv_scale = exp_(-rho);
+    s.ratio = T(1);
+    return s;
+  }
   s.log_scale = logaddexp(rho, log_min_scale);
   s.inv_scale = exp_(-s.log_scale);
   s.ratio = exp_(rho - s.log_scale);
