@@ -11,7 +11,8 @@ Conventions (SPEC section 0 and ``edd_ext.reference``): student tensors ``[*, V]
 bool (True = a real position); every loss is summed over the V classes per position, then reduced with
 ``reduction`` (``"none"`` -> ``[*]``, ``"sum"``, ``"mean"`` over the unmasked positions, 0 when none is).
 The student and the teacher may have different floating dtypes: the math runs in float32 (float64 when
-either is float64), the loss has that dtype and the gradient the student's.
+either is float64), the loss has that dtype and the gradient the student's. The gradients are computed in
+closed form in the forward pass; they are first order (no double backward through these losses).
 """
 from __future__ import annotations
 
