@@ -2,8 +2,9 @@
 
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
-from . import amalgamation, metrics, plotting, uncertainty
+from . import amalgamation, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
+from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
 from .types import DirichletUncertainty, EnsembleStats, Uncertainty
 
@@ -11,6 +12,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ensemble_stats",
+    "dirichlet_nll",
+    "proxy_dirichlet_kl",
+    "logit_gaussian_nll",
+    "logit_laplace_nll",
+    "ensemble_kl",
+    "nn",
     "uncertainty",
     "metrics",
     "plotting",

@@ -1,0 +1,210 @@
+// CPU kernels of the Dirichlet distillation losses (SPEC sections 2.1 and 2.2): EnD^2 (Dirichlet NLL of
+// the members) and the proxy-Dirichlet KL, forward and closed-form gradient in one call.
+//
+// One task per position. From raw teacher logits [M, V]: one pass per member for its log-sum-exp, then a
+// single streaming pass over the teacher per class (no [M, V] copy is made); the proxy KL keeps the mean
+// probabilities of the position in an O(V) scratch row between its teacher pass and its class pass. Per-class
+// math in float32 (float64 for float64 inputs), every row sum and per-position scalar (alpha_0, beta_0, the
+// loss) in float64. Masked positions are skipped: loss 0, gradient row 0.
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "edd_ext/cpu_teacher.h"
+#include "edd_ext/dirichlet_math.h"
+#include "edd_ext/ensemble_math.h"
+#include "edd_ext/loss_host.h"
+
+namespace edd_ext {
+namespace {
+
+// EnD^2, per position n with l_k = (1/M) sum_m ln pi^(m)_k:
+//   L = sum_k [lnG(alpha_k) - (alpha_k - 1) l_k] - lnG(alpha_0)
+// d/dalpha_k of lnG(alpha_k) - lnG(alpha_0) is psi(alpha_k) - psi(alpha_0), of -(alpha_k - 1) l_k is -l_k;
+// chain rule d alpha_k / dz_k = exp(z_k):  dL/dz_k = exp(z_k) (psi(alpha_k) - psi(alpha_0) - l_k).
+// alpha_0 (float64) is summed first, then one pass computes every class's term and gradient.
+template <typename student_t, typename teacher_t, typename acc_t>
+void dirichlet_nll_rows(const LossProblem& p, double model_offset) {
+  const int64_t vocab = p.vocab, members = p.members;
+  const acc_t c = acc_t(model_offset), log_c = acc_t(log_or_neg_inf(model_offset)), c_minus_one = acc_t(model_offset - 1);
+  const acc_t inv_m = acc_t(1.0 / double(members > 0 ? members : 1));
+  const student_t* student = p.student.const_data_ptr<student_t>();
+  const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
+  const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
+  const bool* mask = p.mask_data();
+  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
+  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+
+  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> shift(members), offset(members);
+    for (int64_t n = begin; n < end; ++n) {
+      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
+      if (mask != nullptr && !mask[n]) {
+        loss[n] = acc_t(0);
+        cpu::zero_row(g, vocab);
+        continue;
+      }
+      const student_t* z = student + n * vocab;
+      const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, model_offset);
+      const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0));
+      double sum = 0;
+      auto class_pass = [&](auto&& mean_log_prob) {
+        for (int64_t k = 0; k < vocab; ++k) {
+          const math::ClassLossGrad<acc_t> t =
+              math::dirichlet_nll_class(acc_t(z[k]), c, log_c, c_minus_one, mean_log_prob(k), digamma_alpha0);
+          sum += double(t.loss);
+          if (g != nullptr) g[k] = student_t(t.grad);
+        }
+      };
+      if (logits != nullptr) {
+        const teacher_t* row = logits + n * members * vocab;
+        cpu::member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
+                                offset.data());
+        class_pass([&](int64_t k) {
+          acc_t l = 0;
+          for (int64_t m = 0; m < members; ++m) l += (acc_t(row[m * vocab + k]) - shift[m]) - offset[m];
+          return l * inv_m;
+        });
+      } else {
+        const teacher_t* row = rows + n * vocab;
+        class_pass([&](int64_t k) { return acc_t(row[k]); });
+      }
+      loss[n] = acc_t(sum - math::lgamma(alpha0));
+    }
+  });
+}
+
+// Proxy-Dirichlet KL, per position n (formulas and gradients in edd_ext/dirichlet_math.h, proxy_kl_class):
+// target beta_k = beta^_0 pi^_k + t with beta^_0 from the ensemble's RMI (mkl) or EPKL (epkl).
+//   1. from logits: the members' log-sum-exps, then one pass over the teacher that writes pi^ into the
+//      scratch row and sums RMI / EPKL (ensemble_math.h, each class's term >= 0); from statistics: pi^ and
+//      the measure are given;
+//   2. alpha_0 and the per-position scalars (lnG, psi, psi' of alpha_0 and beta_0) in float64;
+//   3. one class pass: beta_0 L_k and dL/dz_k = exp(z_k) dL/dalpha_k.
+template <typename student_t, typename teacher_t, typename acc_t>
+void proxy_kl_rows(const LossProblem& p, const ProxyOptions& o) {
+  const int64_t vocab = p.vocab, members = p.members;
+  const acc_t c = acc_t(o.model_offset), log_c = acc_t(o.log_model_offset), t_off = acc_t(o.target_offset);
+  const acc_t inv_m = acc_t(1.0 / double(members > 0 ? members : 1));
+  const acc_t log_m = acc_t(std::log(double(members > 0 ? members : 1)));
+  const student_t* student = p.student.const_data_ptr<student_t>();
+  const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
+  const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
+  const double* measures = p.teacher_measure.defined() ? p.teacher_measure.const_data_ptr<double>() : nullptr;
+  const bool* mask = p.mask_data();
+  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
+  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const int measure_index = o.mkl ? 4 : 3;  // rmi, epkl in the ensemble measure order
+
+  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> shift(members), offset(members);
+    std::vector<acc_t> scratch(logits != nullptr ? vocab : 0);
+    for (int64_t n = begin; n < end; ++n) {
+      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
+      if (mask != nullptr && !mask[n]) {
+        loss[n] = acc_t(0);
+        cpu::zero_row(g, vocab);
+        continue;
+      }
+      const student_t* z = student + n * vocab;
+      double measure = 0, mass = 0;
+      const acc_t* mean_probs_acc = nullptr;
+      const teacher_t* mean_probs_row = nullptr;
+      if (logits != nullptr) {
+        const teacher_t* row = logits + n * members * vocab;
+        cpu::member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
+                                offset.data());
+        for (int64_t k = 0; k < vocab; ++k) {
+          math::MemberMoments<acc_t> moments;
+          for (int64_t m = 0; m < members; ++m) moments.push((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
+          const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
+          scratch[k] = terms.mean_prob;
+          measure += double(terms.measure[measure_index]);
+          mass += double(terms.mean_prob);
+        }
+        mean_probs_acc = scratch.data();
+      } else {
+        mean_probs_row = rows + n * vocab;
+        measure = measures[n];
+        for (int64_t k = 0; k < vocab; ++k) mass += double(acc_t(mean_probs_row[k]));
+      }
+      const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, o.model_offset);
+      const double target_precision =
+          math::proxy_target_precision(measure, o.mkl, double(vocab), o.eps, o.max_precision);
+      const math::ProxyScalars s =
+          math::proxy_scalars(o.mode, alpha0, target_precision, o.target_offset, double(vocab), mass);
+      // the compat objective's per-class target is beta_0 pi^_k (+ 1, folded into its formula)
+      const acc_t class_precision =
+          acc_t(o.mode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
+      const acc_t dig_a0 = acc_t(s.digamma_alpha0), dig_b0 = acc_t(s.digamma_beta0);
+      const acc_t grad_shift = acc_t(s.grad_shift), inv_beta0 = acc_t(s.inv_beta0);
+      double sum = 0;
+      auto class_pass = [&](const auto* mean_probs) {
+        for (int64_t k = 0; k < vocab; ++k) {
+          const math::ClassLossGrad<acc_t> t =
+              math::proxy_kl_class(o.mode, acc_t(z[k]), c, log_c, acc_t(mean_probs[k]), class_precision, t_off,
+                                   dig_a0, dig_b0, grad_shift, inv_beta0);
+          sum += double(t.loss);
+          if (g != nullptr) g[k] = student_t(t.grad);
+        }
+      };
+      if (mean_probs_acc != nullptr) {
+        class_pass(mean_probs_acc);
+      } else {
+        class_pass(mean_probs_row);
+      }
+      loss[n] = acc_t((sum + s.loss_shift) * s.inv_beta0);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cpu(const at::Tensor& student_logits,
+                                                     const c10::optional<at::Tensor>& teacher_logits,
+                                                     const c10::optional<at::Tensor>& mean_log_probs,
+                                                     const c10::optional<at::Tensor>& mask, double model_offset,
+                                                     bool compute_grad) {
+  check_nonnegative_option(model_offset, "model_offset");
+  LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_log_probs, "mean_log_probs",
+                                       c10::nullopt, nullptr, mask, compute_grad);
+  if (p.positions > 0) {
+    dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
+      using student_t = typename decltype(s)::type;
+      using teacher_t = typename decltype(t)::type;
+      dirichlet_nll_rows<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p, model_offset);
+    });
+  }
+  return {p.loss, p.grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cpu(
+    const at::Tensor& student_logits, const c10::optional<at::Tensor>& teacher_logits,
+    const c10::optional<at::Tensor>& mean_probs, const c10::optional<at::Tensor>& teacher_measure,
+    const c10::optional<at::Tensor>& mask, c10::string_view direction, c10::string_view precision,
+    double model_offset, double target_offset, double eps, c10::optional<double> max_precision,
+    bool reference_code_compat, bool compute_grad) {
+  const ProxyOptions o = parse_proxy_options(direction, precision, model_offset, target_offset, eps, max_precision,
+                                             reference_code_compat);
+  LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", teacher_measure,
+                                       "teacher_measure", mask, compute_grad);
+  if (p.positions > 0) {
+    dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
+                               using student_t = typename decltype(s)::type;
+                               using teacher_t = typename decltype(t)::type;
+                               proxy_kl_rows<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p, o);
+                             });
+  }
+  return {p.loss, p.grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edd_ext, CPU, m) {
+  m.impl("dirichlet_nll", &dirichlet_nll_cpu);
+  m.impl("proxy_dirichlet_kl", &proxy_dirichlet_kl_cpu);
+}
+
+}  // namespace edd_ext

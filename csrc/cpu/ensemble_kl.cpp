@@ -1,0 +1,101 @@
+// CPU kernel of the EnD baseline, KL from the ensemble mean to the student's categorical (SPEC section 2.4),
+// forward and closed-form gradient in one call. One task per position: the student's log-sum-exp and (from
+// raw teacher logits) each member's, then one streaming pass that forms pi^_k from the M members, the loss
+// term and the gradient. Float32 math (float64 for float64 inputs), float64 row sums.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "edd_ext/cpu_teacher.h"
+#include "edd_ext/logit_math.h"
+#include "edd_ext/loss_host.h"
+
+namespace edd_ext {
+namespace {
+
+// L = sum_k pi^_k (ln pi^_k - log q_k), q = softmax(z). With log q_k = z_k - lse(z),
+// dL/dz_j = -pi^_j + (sum_k pi^_k) q_j = q_j - pi^_j (pi^ sums to one).
+// ln pi^_k = ln(sum_m exp(l_mk)) - ln M from the members' log-probabilities l_mk (0 ln 0 = 0 where they
+// underflow); from statistics, ln pi^_k = ln(mean_probs_k).
+template <typename student_t, typename teacher_t, typename acc_t>
+void ensemble_kl_rows(const LossProblem& p) {
+  const int64_t vocab = p.vocab, members = p.members;
+  const acc_t inv_m = acc_t(1.0 / double(members > 0 ? members : 1));
+  const acc_t log_m = acc_t(std::log(double(members > 0 ? members : 1)));
+  const student_t* student = p.student.const_data_ptr<student_t>();
+  const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
+  const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
+  const bool* mask = p.mask_data();
+  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
+  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+
+  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> shift(members), offset(members);
+    for (int64_t n = begin; n < end; ++n) {
+      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
+      if (mask != nullptr && !mask[n]) {
+        loss[n] = acc_t(0);
+        cpu::zero_row(g, vocab);
+        continue;
+      }
+      const student_t* z = student + n * vocab;
+      math::OnlineLogSumExp<acc_t, double> student_lse;
+      for (int64_t k = 0; k < vocab; ++k) student_lse.push(acc_t(z[k]));
+      const acc_t z_max = student_lse.max, z_log_sum = acc_t(std::log(student_lse.sum));
+      double sum = 0;
+      auto class_pass = [&](auto&& mean_prob_and_log) {
+        for (int64_t k = 0; k < vocab; ++k) {
+          acc_t mean_prob, log_mean_prob;
+          mean_prob_and_log(k, mean_prob, log_mean_prob);
+          const math::KLClass<acc_t> t = math::ensemble_kl_class(acc_t(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
+          sum += double(t.loss);
+          if (g != nullptr) g[k] = student_t(t.grad);
+        }
+      };
+      if (logits != nullptr) {
+        const teacher_t* row = logits + n * members * vocab;
+        cpu::member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
+                                offset.data());
+        class_pass([&](int64_t k, acc_t& mean_prob, acc_t& log_mean_prob) {
+          acc_t sum_p = 0;
+          for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
+          mean_prob = sum_p * inv_m;
+          log_mean_prob = math::log_(sum_p) - log_m;
+        });
+      } else {
+        const teacher_t* row = rows + n * vocab;
+        class_pass([&](int64_t k, acc_t& mean_prob, acc_t& log_mean_prob) {
+          mean_prob = acc_t(row[k]);
+          log_mean_prob = math::log_(mean_prob);
+        });
+      }
+      loss[n] = acc_t(sum);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> ensemble_kl_cpu(const at::Tensor& student_logits,
+                                                   const c10::optional<at::Tensor>& teacher_logits,
+                                                   const c10::optional<at::Tensor>& mean_probs,
+                                                   const c10::optional<at::Tensor>& mask, bool compute_grad) {
+  LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", c10::nullopt,
+                                       nullptr, mask, compute_grad);
+  if (p.positions > 0) {
+    dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
+      using student_t = typename decltype(s)::type;
+      using teacher_t = typename decltype(t)::type;
+      ensemble_kl_rows<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p);
+    });
+  }
+  return {p.loss, p.grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edd_ext, CPU, m) { m.impl("ensemble_kl", &ensemble_kl_cpu); }
+
+}  // namespace edd_ext

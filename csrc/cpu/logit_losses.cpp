@@ -1,0 +1,114 @@
+// CPU kernel of the logit-space distillation losses (SPEC section 2.3): Gaussian and Laplace negative
+// log-likelihood of the members' normalised teacher logits under the student's per-class location and
+// scale, forward and closed-form gradients in one call.
+//
+// One task per position: the members' normalisers (log-sum-exp or mean logit), then one streaming pass over
+// the teacher per class. Gaussian deviations are accumulated in centred form around a pivot member
+// (logit_math.h, CentredMoments: never E[x^2] - 2 mu E[x] + mu^2); Laplace needs every member (|x_m - mu| and sign(x_m - mu)).
+// Float32 math (float64 for float64 inputs), float64 row sums.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "edd_ext/cpu_teacher.h"
+#include "edd_ext/logit_math.h"
+#include "edd_ext/loss_host.h"
+
+namespace edd_ext {
+namespace {
+
+// Gaussian, per class (logit_math.h, gaussian_class):
+//   L_k = ln s + ln(2 pi)/2 + v / (2 s^2),  v = (1/M) sum_m (x_m - mu)^2 = spread/M + (x- - mu)^2
+//   dL/dmu = (mu - x-)/s^2,  dL/drho = (1 - v/s^2)(s - s_min)/s
+// Laplace, per class (laplace_class):
+//   L_k = ln s + ln 2 + a/s,  a = (1/M) sum_m |x_m - mu|
+//   dL/dmu = -(1/(M s)) sum_m sign(x_m - mu),  dL/drho = (1 - a/s)(s - s_min)/s
+template <typename student_t, typename teacher_t, typename acc_t>
+void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, double temperature, double min_scale) {
+  const int64_t vocab = p.vocab, members = p.members;
+  const acc_t inv_m = acc_t(1.0 / double(members));
+  const acc_t inv_t = acc_t(1.0 / temperature), log_min_scale = acc_t(log_or_neg_inf(min_scale));
+  const student_t* locs = p.student.const_data_ptr<student_t>();
+  const student_t* log_scales = p.log_scale.const_data_ptr<student_t>();
+  const teacher_t* logits = p.teacher_logits.const_data_ptr<teacher_t>();
+  const bool* mask = p.mask_data();
+  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
+  student_t* grad_loc = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  student_t* grad_log_scale = p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
+
+  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> shift(members), offset(members);
+    for (int64_t n = begin; n < end; ++n) {
+      student_t* g_loc = grad_loc != nullptr ? grad_loc + n * vocab : nullptr;
+      student_t* g_rho = grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr;
+      if (mask != nullptr && !mask[n]) {
+        loss[n] = acc_t(0);
+        cpu::zero_row(g_loc, vocab);
+        cpu::zero_row(g_rho, vocab);
+        continue;
+      }
+      const student_t* mu_row = locs + n * vocab;
+      const student_t* rho_row = log_scales + n * vocab;
+      const teacher_t* row = logits + n * members * vocab;
+      cpu::member_normalisers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
+      auto target = [&](int64_t m, int64_t k) { return (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
+      double sum = 0;
+      for (int64_t k = 0; k < vocab; ++k) {
+        const acc_t mu = acc_t(mu_row[k]), rho = acc_t(rho_row[k]);
+        math::LocScaleLossGrad<acc_t> t;
+        if (laplace) {
+          acc_t abs_sum = 0, sign_sum = 0;
+          for (int64_t m = 0; m < members; ++m) {
+            const acc_t d = target(m, k) - mu;
+            abs_sum += math::abs_(d);
+            sign_sum += math::sign_of(d);
+          }
+          t = math::laplace_class(rho, log_min_scale, abs_sum, sign_sum, inv_m);
+        } else {
+          math::CentredMoments<acc_t> c;
+          c.first(target(0, k));
+          for (int64_t m = 1; m < members; ++m) c.add(target(m, k));
+          c.finish_mean(inv_m);
+          for (int64_t m = 0; m < members; ++m) c.add_spread(target(m, k));
+          t = math::gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_m);
+        }
+        sum += double(t.loss);
+        if (g_loc != nullptr) {
+          g_loc[k] = student_t(t.grad_loc);
+          g_rho[k] = student_t(t.grad_log_scale);
+        }
+      }
+      loss[n] = acc_t(sum);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cpu(const at::Tensor& loc, const at::Tensor& log_scale,
+                                                             const at::Tensor& teacher_logits,
+                                                             const c10::optional<at::Tensor>& mask,
+                                                             c10::string_view family, c10::string_view teacher_norm,
+                                                             double temperature, double min_scale, bool compute_grad) {
+  const bool laplace = parse_logit_family(family);
+  const math::TeacherNorm norm = parse_teacher_norm(teacher_norm);
+  check_positive_option(temperature, "temperature");
+  check_nonnegative_option(min_scale, "min_scale");
+  LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, compute_grad);
+  if (p.positions > 0) {
+    dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
+      using student_t = typename decltype(s)::type;
+      using teacher_t = typename decltype(t)::type;
+      logit_nll_rows<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p, laplace, norm, temperature, min_scale);
+    });
+  }
+  return {p.loss, p.grad, p.grad_log_scale};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(edd_ext, CPU, m) { m.impl("logit_nll", &logit_nll_cpu); }
+
+}  // namespace edd_ext

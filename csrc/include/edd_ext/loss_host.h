@@ -1,0 +1,244 @@
+// Host-side argument checks, output allocation and dtype dispatch for the distillation-loss ops (SPEC
+// section 2), shared by the CPU and CUDA implementations so that both accept and return exactly the same
+// things. The Python layer (edd_ext/losses.py) validates first with the same wording; these checks guard
+// direct torch.ops.edd_ext.* calls.
+//
+// Every loss op returns the per-position loss [*] (float32, or float64 when the student or the teacher is
+// float64) and, when compute_grad is set, dLoss/dStudent [*, V] in the student's dtype (otherwise an empty
+// [0] tensor). Masked positions (mask == False) are skipped: loss 0 and gradient 0, whatever they hold.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Optional.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#include "edd_ext/checks.h"
+#include "edd_ext/dirichlet_math.h"
+#include "edd_ext/logit_math.h"
+
+namespace edd_ext {
+
+struct LossProblem {
+  at::Tensor student;          // [N, V] contiguous (loc for the logit losses)
+  at::Tensor log_scale;        // [N, V] contiguous (logit losses only)
+  at::Tensor teacher_logits;   // [N, M, V] contiguous, or undefined
+  at::Tensor teacher_rows;     // [N, V] contiguous (mean_probs or mean_log_probs), or undefined
+  at::Tensor teacher_measure;  // [N] float64 (RMI or EPKL), or undefined
+  at::Tensor mask;             // [N] bool, or undefined
+  at::Tensor loss;             // [*]
+  at::Tensor grad;             // [*, V], or [0] without compute_grad
+  at::Tensor grad_log_scale;   // [*, V], or [0] (logit losses only)
+  int64_t positions = 0, members = 0, vocab = 0;
+  bool compute_grad = false;
+
+  at::ScalarType teacher_type() const {
+    return teacher_logits.defined() ? teacher_logits.scalar_type() : teacher_rows.scalar_type();
+  }
+  const bool* mask_data() const { return mask.defined() ? mask.const_data_ptr<bool>() : nullptr; }
+};
+
+inline std::string batch_shape_str(const at::Tensor& t, int64_t trailing) {
+  std::string s = "[";
+  for (int64_t i = 0; i + trailing < t.dim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(t.size(i));
+  }
+  return s + "]";
+}
+
+// The loss dtype: float64 when any input is float64, else float32 (half and bfloat16 compute in float32).
+inline at::ScalarType loss_dtype(at::ScalarType student, at::ScalarType teacher) {
+  return (student == at::kDouble || teacher == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+inline void check_mask(const c10::optional<at::Tensor>& mask, const at::Tensor& student, const char* student_name) {
+  if (!mask.has_value()) return;
+  const at::Tensor& m = *mask;
+  TORCH_CHECK_VALUE(m.scalar_type() == at::kBool, "mask: expected dtype torch.bool, got ", m.scalar_type(),
+                    " (shape ", shape_str(m), ")");
+  TORCH_CHECK_VALUE(m.dim() + 1 == student.dim() && m.sizes() == student.sizes().slice(0, student.dim() - 1),
+                    "mask: expected shape ", batch_shape_str(student, 1), " (the positions of ", student_name, " ",
+                    shape_str(student), "), got ", shape_str(m));
+  check_same_device(student, student_name, m, "mask");
+}
+
+inline void check_teacher_matches(const at::Tensor& teacher_logits, const char* teacher_name, const at::Tensor& student,
+                                  const char* student_name) {
+  check_teacher_logits(teacher_logits, teacher_name);
+  const bool match = teacher_logits.dim() == student.dim() + 1 &&
+                     teacher_logits.sizes().slice(0, student.dim() - 1) == student.sizes().slice(0, student.dim() - 1) &&
+                     teacher_logits.size(-1) == student.size(-1);
+  TORCH_CHECK_VALUE(match, teacher_name, ": expected [*, M, V] logits matching ", student_name, " ",
+                    shape_str(student), " ([*, V]), got ", shape_str(teacher_logits));
+  check_same_device(student, student_name, teacher_logits, teacher_name);
+}
+
+inline void allocate_outputs(LossProblem& p, const at::Tensor& student, int64_t trailing_student_dims,
+                             at::ScalarType teacher_type, bool with_log_scale) {
+  const auto lead = leading_shape(student, trailing_student_dims);
+  p.loss = at::empty(lead, student.options().dtype(loss_dtype(student.scalar_type(), teacher_type)));
+  const auto opts = student.options();
+  p.grad = p.compute_grad ? at::empty(student.sizes(), opts) : at::empty({0}, opts);
+  if (with_log_scale) p.grad_log_scale = p.compute_grad ? at::empty(student.sizes(), opts) : at::empty({0}, opts);
+}
+
+// Student logits [*, V] with the teacher as logits [*, M, V] or as statistics rows [*, V] (+ a per-position
+// measure [*] when `measure_name` is given).
+inline LossProblem make_distill_problem(const at::Tensor& student_logits,
+                                        const c10::optional<at::Tensor>& teacher_logits,
+                                        const c10::optional<at::Tensor>& teacher_rows, const char* rows_name,
+                                        const c10::optional<at::Tensor>& teacher_measure, const char* measure_name,
+                                        const c10::optional<at::Tensor>& mask, bool compute_grad) {
+  check_student(student_logits, "student_logits");
+  TORCH_CHECK_VALUE(teacher_logits.has_value() != teacher_rows.has_value(), "teacher_logits, ", rows_name,
+                    ": expected exactly one of them, got ", teacher_logits.has_value() ? "both" : "neither");
+  LossProblem p;
+  p.compute_grad = compute_grad;
+  p.student = student_logits.contiguous();
+  p.vocab = student_logits.size(-1);
+  p.positions = student_logits.numel() / p.vocab;
+  if (teacher_logits.has_value()) {
+    check_teacher_matches(*teacher_logits, "teacher_logits", student_logits, "student_logits");
+    p.teacher_logits = teacher_logits->contiguous();
+    p.members = p.teacher_logits.size(-2);
+  } else {
+    const at::Tensor& rows = *teacher_rows;
+    check_floating(rows, rows_name);
+    TORCH_CHECK_VALUE(rows.sizes() == student_logits.sizes(), rows_name, ": expected the shape of student_logits ",
+                      shape_str(student_logits), ", got ", shape_str(rows));
+    check_same_device(student_logits, "student_logits", rows, rows_name);
+    p.teacher_rows = rows.contiguous();
+    if (measure_name != nullptr) {
+      TORCH_CHECK_VALUE(teacher_measure.has_value(), measure_name, ": expected a [*] tensor with ", rows_name,
+                        ", got None");
+      const at::Tensor& m = *teacher_measure;
+      check_floating(m, measure_name);
+      TORCH_CHECK_VALUE(m.dim() + 1 == rows.dim() && m.sizes() == rows.sizes().slice(0, rows.dim() - 1), measure_name,
+                        ": expected shape ", batch_shape_str(rows, 1), " (the positions of ", rows_name, " ",
+                        shape_str(rows), "), got ", shape_str(m));
+      check_same_device(student_logits, "student_logits", m, measure_name);
+      p.teacher_measure = m.to(at::kDouble).contiguous();
+    }
+  }
+  check_mask(mask, student_logits, "student_logits");
+  if (mask.has_value()) p.mask = mask->contiguous();
+  allocate_outputs(p, student_logits, 1, p.teacher_type(), false);
+  return p;
+}
+
+// loc, log_scale [*, V] and teacher logits [*, M, V].
+inline LossProblem make_logit_problem(const at::Tensor& loc, const at::Tensor& log_scale,
+                                      const at::Tensor& teacher_logits, const c10::optional<at::Tensor>& mask,
+                                      bool compute_grad) {
+  check_student(loc, "loc");
+  check_student(log_scale, "log_scale");
+  TORCH_CHECK_VALUE(log_scale.sizes() == loc.sizes(), "log_scale: expected the shape of loc ", shape_str(loc),
+                    " ([*, V]), got ", shape_str(log_scale));
+  TORCH_CHECK_VALUE(log_scale.scalar_type() == loc.scalar_type(), "log_scale: expected the dtype of loc (",
+                    loc.scalar_type(), "), got ", log_scale.scalar_type(), " (shape ", shape_str(log_scale), ")");
+  check_same_device(loc, "loc", log_scale, "log_scale");
+  check_teacher_matches(teacher_logits, "teacher_logits", loc, "loc");
+  check_mask(mask, loc, "loc");
+  LossProblem p;
+  p.compute_grad = compute_grad;
+  p.student = loc.contiguous();
+  p.log_scale = log_scale.contiguous();
+  p.teacher_logits = teacher_logits.contiguous();
+  p.vocab = loc.size(-1);
+  p.members = teacher_logits.size(-2);
+  p.positions = loc.numel() / p.vocab;
+  if (mask.has_value()) p.mask = mask->contiguous();
+  allocate_outputs(p, loc, 1, teacher_logits.scalar_type(), true);
+  return p;
+}
+
+// Options of the proxy-Dirichlet KL, checked once for both backends.
+struct ProxyOptions {
+  math::ProxyMode mode = math::ProxyMode::kReverse;
+  bool mkl = true;
+  double model_offset = 1, log_model_offset = 0, target_offset = 1, eps = 0, max_precision = 0;  // 0: no clamp
+};
+
+inline double log_or_neg_inf(double x);
+inline void check_positive_option(double value, const char* name);
+inline void check_nonnegative_option(double value, const char* name);
+
+inline ProxyOptions parse_proxy_options(c10::string_view direction, c10::string_view precision, double model_offset,
+                                        double target_offset, double eps, c10::optional<double> max_precision,
+                                        bool reference_code_compat) {
+  ProxyOptions o;
+  TORCH_CHECK_VALUE(direction == "reverse" || direction == "forward",
+                    "direction: expected one of 'reverse', 'forward', got '", direction, "'");
+  TORCH_CHECK_VALUE(precision == "mkl" || precision == "epkl", "precision: expected one of 'mkl', 'epkl', got '",
+                    precision, "'");
+  TORCH_CHECK_VALUE(!(reference_code_compat && direction != "reverse"),
+                    "reference_code_compat: the released code's objective exists for direction='reverse' only, got "
+                    "direction='", direction, "'");
+  check_nonnegative_option(model_offset, "model_offset");
+  check_nonnegative_option(target_offset, "target_offset");
+  check_positive_option(eps, "eps");
+  if (max_precision.has_value()) check_positive_option(*max_precision, "max_precision");
+  o.mode = reference_code_compat ? math::ProxyMode::kReferenceCompat
+                                 : (direction == "reverse" ? math::ProxyMode::kReverse : math::ProxyMode::kForward);
+  o.mkl = precision == "mkl";
+  o.model_offset = model_offset;
+  o.log_model_offset = log_or_neg_inf(model_offset);
+  o.target_offset = target_offset;
+  o.eps = eps;
+  o.max_precision = max_precision.has_value() ? *max_precision : 0.0;
+  return o;
+}
+
+inline math::TeacherNorm parse_teacher_norm(c10::string_view name) {
+  if (name == "log_softmax") return math::TeacherNorm::kLogSoftmax;
+  if (name == "center") return math::TeacherNorm::kCenter;
+  TORCH_CHECK_VALUE(name == "none", "teacher_norm: expected one of 'log_softmax', 'center', 'none', got '", name, "'");
+  return math::TeacherNorm::kNone;
+}
+
+// true for "laplace", false for "gaussian".
+inline bool parse_logit_family(c10::string_view family) {
+  TORCH_CHECK_VALUE(family == "gaussian" || family == "laplace", "family: expected one of 'gaussian', 'laplace', got '",
+                    family, "'");
+  return family == "laplace";
+}
+
+inline void check_positive_option(double value, const char* name) {
+  TORCH_CHECK_VALUE(value > 0 && std::isfinite(value), name, ": expected a positive finite number, got ", value);
+}
+
+inline void check_nonnegative_option(double value, const char* name) {
+  TORCH_CHECK_VALUE(value >= 0 && std::isfinite(value), name, ": expected a finite number >= 0, got ", value);
+}
+
+// ln(x) for x >= 0, -inf at 0.
+inline double log_or_neg_inf(double x) { return x > 0 ? std::log(x) : -std::numeric_limits<double>::infinity(); }
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// The compute type of a student/teacher pair: float64 when either is float64, else float32.
+template <typename student_t, typename teacher_t>
+using loss_acc_t = std::conditional_t<std::is_same_v<student_t, double> || std::is_same_v<teacher_t, double>, double,
+                                      float>;
+
+// Calls f(TypeTag<student_t>{}, TypeTag<teacher_t>{}) for the runtime dtypes (each of float16, bfloat16,
+// float32, float64): the student and the teacher may differ, and no converted copy of the teacher is made.
+template <typename F>
+void dispatch_student_teacher(at::ScalarType student, at::ScalarType teacher, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher, "edd_ext::loss (teacher)", [&] {
+    using teacher_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student, "edd_ext::loss (student)",
+                                    [&] { f(TypeTag<scalar_t>{}, TypeTag<teacher_t>{}); });
+  });
+}
+
+}  // namespace edd_ext
