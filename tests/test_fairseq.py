@@ -137,6 +137,17 @@ def test_missing_teacher_is_a_clear_error(data):
         crit(model, sample)
 
 
+def test_teacher_vocabulary_mismatch_is_a_clear_error(data, tmp_path):
+    state = torch.load(data["teachers"].split(":")[0], weights_only=False)
+    for key in ("decoder.output_projection.weight", "decoder.embed_tokens.weight", "encoder.embed_tokens.weight"):
+        if key in state["model"]:
+            state["model"][key] = state["model"][key][:-8]
+    torch.save(state, tmp_path / "small_vocab.pt")
+    cfg, task, model, crit = _setup(data, ["edd_ensemble_kl"], extra=["--teacher-paths", str(tmp_path / "small_vocab.pt")])
+    with pytest.raises(ValueError, match="must share"):
+        task.load_teachers()
+
+
 def test_logit_criterion_needs_log_scale_head(data):
     cfg, task, model, crit = _setup(data, ["edd_logit_laplace"], "edd_transformer_tiny")
     sample = task.attach_teacher(_first_batch(task))

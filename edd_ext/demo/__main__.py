@@ -23,9 +23,9 @@ from .train import METHODS, train_students, train_teacher
 
 #: Sizes of the default and the ``--quick`` runs; any option given on the command line wins.
 PRESETS = {
-    "default": dict(vocab=4000, train_size=20000, test_size=400, teacher_steps=800, student_steps=600,
+    "default": dict(vocab=2000, train_size=15000, test_size=300, teacher_steps=700, student_steps=500,
                     batch_size=64, d_model=128, layers=1, ffn=512, lr=3e-3, max_len=10, num_samples=10, members=5),
-    "quick": dict(vocab=1000, train_size=4000, test_size=150, teacher_steps=400, student_steps=300,
+    "quick": dict(vocab=600, train_size=3000, test_size=100, teacher_steps=300, student_steps=200,
                   batch_size=64, d_model=128, layers=1, ffn=512, lr=3e-3, max_len=8, num_samples=10, members=3),
 }
 

@@ -99,15 +99,16 @@ class DistillationTask(TranslationTask):
             cfg = state.get("cfg")
             if cfg is None:
                 cfg = convert_namespace_to_omegaconf(state["args"])
+            weights = state["model"]
+            for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight"):
+                if key in weights and weights[key].shape[0] != len(self.tgt_dict):
+                    raise ValueError(
+                        f"--teacher-paths: teacher {path} predicts V={weights[key].shape[0]} classes ({key}) but "
+                        f"the target dictionary has {len(self.tgt_dict)}: teachers and student must share it")
             # Build with this task's dictionaries (not the teacher's own task, whose data path may be gone).
             model = fairseq_models.build_model(cfg.model, self, from_checkpoint=True)
-            model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+            model.load_state_dict(weights, strict=True, model_cfg=cfg.model)
             model.eval().requires_grad_(False).to(dtype)
-            out_dim = model.decoder.output_projection.out_features if hasattr(
-                model.decoder, "output_projection") and model.decoder.output_projection is not None else None
-            if out_dim is not None and out_dim != len(self.tgt_dict):
-                raise ValueError(f"--teacher-paths: teacher {path} predicts V={out_dim} classes but the target "
-                                 f"dictionary has {len(self.tgt_dict)}: teachers and student must share it")
             teachers.append(model)
         logger.info("edd_distillation: loaded %d teachers (%s) from %s", len(teachers), self.cfg.teacher_dtype,
                     ", ".join(self.teacher_paths))

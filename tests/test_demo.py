@@ -1,0 +1,127 @@
+"""The end-to-end demo (``python -m edd_ext.demo``): a reduced ``--quick`` run through the command line
+checks the shape of the results table and that every number in it is finite; smaller tests cover the
+corpus generator and the user-file path.
+
+The end-to-end runs use a much smaller configuration than ``--quick`` itself (tiny vocabulary, model and
+step counts) and take about 10-30 s each on a 2-core CPU.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edd_ext
+from edd_ext.demo import corpus as demo_corpus
+from edd_ext.demo.__main__ import PRESETS, parse_args
+
+ROOT = Path(edd_ext.__file__).resolve().parents[1]
+SYSTEMS = ["ensemble", "single", "EnD", "EnD2", "Proxy-Dirichlet", "Logit-Gaussian", "Logit-Laplace"]
+MEASURES = ["TU", "DU", "MI", "EPKL", "RMI", "PE", "EP"]
+TINY = ["--quick", "--vocab", "120", "--members", "2", "--train-size", "300", "--test-size", "20",
+        "--teacher-steps", "15", "--student-steps", "10", "--batch-size", "16", "--d-model", "32", "--ffn", "64",
+        "--num-samples", "3", "--threads", "1", "--no-progress", "--seed", "3"]
+
+
+def _run_demo(args, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "edd_ext.demo", *args, "--output-dir", str(out)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def _check_results(out: Path, stdout: str, ood_sets):
+    results = json.loads((out / "results.json").read_text())
+    assert results["ood_sets"] == ood_sets
+    table = results["table"]
+    assert [row["system"] for row in table] == SYSTEMS
+    columns = results["columns"]
+    expected = ["system", "bleu", "decode_s", "relative_cost", "train_s"]
+    for m in MEASURES:
+        expected += [f"prr_{m}", f"auroc_{m}"] + [f"auroc_{m}_{s}" for s in ood_sets]
+    assert columns == expected
+    for row in table:
+        assert list(row) == columns, row["system"]
+        has = set(results["measures"][row["system"]])
+        for key, value in row.items():
+            if key == "system":
+                continue
+            measure = key.split("_")[1] if key.startswith(("prr_", "auroc_")) else None
+            if measure is not None and measure not in has:
+                assert value is None, (row["system"], key)
+                continue
+            assert isinstance(value, (int, float)) and math.isfinite(value), (row["system"], key, value)
+            if key.startswith("auroc_") or key == "bleu":
+                assert 0.0 <= value <= 100.0, (row["system"], key, value)
+    # Every system has the total-uncertainty and sequence-probability scores; the ensemble has all seven.
+    assert all({"TU", "PE"} <= set(results["measures"][s]) for s in SYSTEMS)
+    assert results["measures"]["ensemble"] == MEASURES
+    for value in results["timings"].values():
+        assert math.isfinite(value) and value >= 0
+    assert (out / "results.png").stat().st_size > 0
+    for system in SYSTEMS:
+        assert system in stdout
+    return results
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    out, stdout = _run_demo(TINY, tmp_path)
+    results = _check_results(out, stdout, ["permuted", "copy", "noise", "foreign"])
+    assert results["vocab_size"] == 120
+    assert results["config"]["members"] == 2
+
+
+@pytest.mark.slow
+def test_demo_user_files(tmp_path):
+    corpus = demo_corpus.toy_corpus(vocab=100, train_size=200, test_size=16, seed=1, max_len=6)
+    files = {}
+    for name, sents in [("train.src", corpus.train_src), ("train.tgt", corpus.train_tgt),
+                        ("test.src", corpus.test_src), ("test.tgt", corpus.test_tgt),
+                        ("other.src", corpus.ood_src["foreign"])]:
+        files[name] = tmp_path / name
+        files[name].write_text("\n".join(" ".join(s) for s in sents) + "\n")
+    args = [a for a in TINY if a not in ("--vocab", "120")]
+    args += ["--train-src", str(files["train.src"]), "--train-tgt", str(files["train.tgt"]),
+             "--test-src", str(files["test.src"]), "--test-tgt", str(files["test.tgt"]),
+             "--ood-src", str(files["other.src"])]
+    out, stdout = _run_demo(args, tmp_path)
+    _check_results(out, stdout, ["permuted", "copy", "noise", "other"])
+
+
+def test_toy_corpus_is_deterministic_and_ambiguous():
+    a = demo_corpus.toy_corpus(vocab=300, train_size=400, test_size=20, seed=7)
+    b = demo_corpus.toy_corpus(vocab=300, train_size=400, test_size=20, seed=7)
+    c = demo_corpus.toy_corpus(vocab=300, train_size=400, test_size=20, seed=8)
+    assert a.train_src == b.train_src and a.train_tgt == b.train_tgt and a.ood_src == b.ood_src
+    assert a.train_src != c.train_src
+    assert len(a.dictionary) == 300
+    assert set(a.ood_src) == {"permuted", "copy", "noise", "foreign"}
+    # Every token of every split is in the dictionary (no <unk>), and the foreign words never occur in training.
+    d = a.dictionary
+    for sents in [a.train_src, a.train_tgt, a.test_src, a.test_tgt, *a.ood_src.values()]:
+        assert all(demo_corpus.UNK not in d.encode(s) for s in sents)
+    train_words = {w for s in a.train_src + a.train_tgt for w in s}
+    assert not train_words & {w for s in a.ood_src["foreign"] for w in s}
+    # Genuine ambiguity: the same source word is translated in more than one way across the corpus.
+    lang = demo_corpus.make_language(300, seed=7)
+    assert lang.num_ambiguous > 0
+    assert all(abs(p.sum() - 1) < 1e-9 for p in lang.probabilities)
+
+
+def test_quick_preset_and_overrides():
+    args = parse_args(["--quick", "--vocab", "800"])
+    assert args.vocab == 800 and args.members == PRESETS["quick"]["members"]
+    assert args.teacher_steps == PRESETS["quick"]["teacher_steps"]
+    args = parse_args([])
+    assert args.vocab == PRESETS["default"]["vocab"] and args.members == 5
+    with pytest.raises(SystemExit):
+        parse_args(["--train-src", "a.txt"])  # the four files go together
+    with pytest.raises(SystemExit):
+        parse_args(["--methods", "EnD,Unknown"])
