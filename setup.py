@@ -118,7 +118,9 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "scipy", "scikit-learn", "matplotlib", "expecttest"],
         "plot": ["matplotlib"],
-        "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0", "bitarray", "regex"],
+        # fairseq-fixed itself must be built against the installed torch and without its torchaudio dependency:
+        # `bash .ci/install_fairseq.sh PYTHON` does both (see python_examples/fairseq/README.md).
+        "fairseq": ["hydra-core==1.3.2", "omegaconf==2.3.0", "bitarray", "regex", "sacrebleu>=2"],
     },
     entry_points={"console_scripts": ["edd-demo = edd_ext.demo.__main__:main"]},
     ext_modules=extensions(),

@@ -79,6 +79,19 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_demo_is_reproducible(tmp_path):
+    args = TINY + ["--methods", "EnD,Logit-Laplace"]
+    tables = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        out, _ = _run_demo(args, tmp_path / name)
+        table = json.loads((out / "results.json").read_text())["table"]
+        tables.append([{k: v for k, v in row.items() if k not in ("decode_s", "relative_cost", "train_s")}
+                       for row in table])
+    assert tables[0] == tables[1]
+
+
+@pytest.mark.slow
 def test_demo_user_files(tmp_path):
     corpus = demo_corpus.toy_corpus(vocab=100, train_size=200, test_size=16, seed=1, max_len=6)
     files = {}

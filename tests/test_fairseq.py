@@ -53,6 +53,15 @@ def _parse(argv, parser=None):
     return convert_namespace_to_omegaconf(args)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """fairseq's tiny models on two shared cores: a second intra-op thread makes updates up to 4x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny preprocessed corpus (test1 = OOD) and two teachers trained for a few updates."""

@@ -1,8 +1,19 @@
-"""End-to-end ensemble-distribution-distillation demo: ``python -m edd_ext.demo [--quick]``.
+"""End-to-end ensemble-distribution-distillation demo: ``python -m edd_ext.demo [--quick]`` or ``edd-demo``.
 
 It builds a toy parallel corpus with real ambiguity (or reads the user's files), trains an ensemble of
 small transformer translation models, distils it into one student per method (EnD, EnD², Proxy-Dirichlet,
 logit Gaussian, logit Laplace) with the library's losses, and evaluates BLEU, prediction rejection and
 out-of-distribution detection for the ensemble, a single model and every student.
+
+Modules: ``corpus`` (data), ``model`` (the transformer), ``train`` (teachers and students), ``decode``
+(greedy decoding and uncertainty scoring), ``evaluate`` (metrics), ``report`` (table, JSON, figure),
+``_api`` (the one binding to library functions).
 """
-from .__main__ import main, run  # noqa: F401
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the demo with command-line arguments ``argv`` (default: ``sys.argv[1:]``)."""
+    from .__main__ import main as _main
+
+    return _main(argv)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 import time
@@ -16,14 +14,14 @@ import torch
 from . import _api
 from .corpus import Corpus, file_corpus, read_lines, toy_corpus
 from .decode import DirichletSystem, EnsembleSystem, LogitSystem, System
-from .evaluate import evaluate_system, mean_auroc, sample_translations
+from .evaluate import evaluate_system, sample_translations
 from .model import ModelConfig, Seq2Seq
 from .report import build_table, columns, format_table, write_figure, write_json
 from .train import METHODS, train_students, train_teacher
 
 #: Sizes of the default and the ``--quick`` runs; any option given on the command line wins.
 PRESETS = {
-    "default": dict(vocab=2000, train_size=15000, test_size=300, teacher_steps=700, student_steps=500,
+    "default": dict(vocab=2000, train_size=15000, test_size=300, teacher_steps=700, student_steps=600,
                     batch_size=64, d_model=128, layers=1, ffn=512, lr=3e-3, max_len=10, num_samples=10, members=5),
     "quick": dict(vocab=600, train_size=3000, test_size=100, teacher_steps=300, student_steps=200,
                   batch_size=64, d_model=128, layers=1, ffn=512, lr=3e-3, max_len=8, num_samples=10, members=3),
@@ -32,36 +30,52 @@ PRESETS = {
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="edd-demo", description=__doc__.split(":")[0] + ": ensemble distribution distillation end to end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a small run (smoke test; < 3 min on 2 CPU cores)")
-    p.add_argument("--output-dir", default="demo_output", help="where results.json and the figure go")
-    p.add_argument("--seed", type=int, default=0, help="seeds the corpus, every model and the data order")
-    g = p.add_argument_group("sizes (defaults from the preset: default or --quick)")
-    g.add_argument("--members", type=int, help="ensemble size M (default 5; 3 with --quick)")
-    g.add_argument("--vocab", type=int, help="vocabulary size V (built-in corpus: exact; files: a cap)")
-    g.add_argument("--train-size", type=int, help="built-in corpus: training sentences")
-    g.add_argument("--test-size", type=int, help="built-in corpus: sentences per test / OOD set")
-    g.add_argument("--max-len", type=int, help="built-in corpus: longest source sentence, in words")
-    g.add_argument("--teacher-steps", type=int, help="updates per teacher")
-    g.add_argument("--student-steps", type=int, help="updates per student")
-    g.add_argument("--batch-size", type=int, help="sentences per update")
-    g.add_argument("--d-model", type=int, help="transformer width")
-    g.add_argument("--layers", type=int, help="encoder and decoder layers")
-    g.add_argument("--ffn", type=int, help="feed-forward width")
-    g.add_argument("--lr", type=float, help="peak Adam learning rate")
-    g.add_argument("--num-samples", type=int, help="Monte-Carlo samples for the logit-space students")
+        prog="edd-demo",
+        description="Ensemble distribution distillation end to end: train an ensemble of small translation "
+                    "models, distil it into one student per method, and compare BLEU, prediction rejection, "
+                    "OOD detection and decoding cost. Writes results.json and results.png.")
+    p.add_argument("--quick", action="store_true", help="a small run (smoke test; under 3 min on 2 CPU cores)")
+    p.add_argument("--output-dir", default="demo_output", help="where results.json and results.png go "
+                                                               "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the corpus, every model and the data order "
+                                                       "(default: %(default)s)")
+    g = p.add_argument_group("sizes", "Defaults come from the preset (default run / --quick); an option given "
+                                      "here wins.")
+
+    def sized(flag: str, type_, text: str) -> None:
+        key = flag[2:].replace("-", "_")
+        g.add_argument(flag, type=type_, help=f"{text} (default {PRESETS['default'][key]}, "
+                                              f"--quick {PRESETS['quick'][key]})")
+
+    sized("--members", int, "ensemble size M")
+    sized("--vocab", int, "vocabulary size V: exact for the built-in corpus; for your files a cap, used only "
+                          "when given")
+    sized("--train-size", int, "built-in corpus: training sentences")
+    sized("--test-size", int, "built-in corpus: sentences in the test set and in each OOD set")
+    sized("--max-len", int, "built-in corpus: longest source sentence, in words (about)")
+    sized("--teacher-steps", int, "updates per teacher")
+    sized("--student-steps", int, "updates per student")
+    sized("--batch-size", int, "sentences per update")
+    sized("--d-model", int, "transformer width")
+    sized("--layers", int, "encoder and decoder layers")
+    sized("--ffn", int, "feed-forward width")
+    sized("--lr", float, "peak Adam learning rate")
+    sized("--num-samples", int, "Monte-Carlo samples for the logit-space students' uncertainty")
     f = p.add_argument_group("your own data (one sentence per line, whitespace tokens)")
     f.add_argument("--train-src")
     f.add_argument("--train-tgt")
     f.add_argument("--test-src")
     f.add_argument("--test-tgt")
     f.add_argument("--ood-src", action="append", default=[], help="an OOD source file (repeatable)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated students to train")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="teachers' label smoothing")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated students to train "
+                                                                "(default: all)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="teachers' label smoothing "
+                                                                      "(default: %(default)s)")
     p.add_argument("--logit-anchor", type=float, default=1.0,
-                   help="weight of the EnD loss on the logit students' location (0: logit NLL only)")
-    p.add_argument("--bleu-tokenize", default="none", help="sacrebleu tokenizer (the text is pre-tokenised)")
+                   help="weight of the EnD loss on the logit students' location; 0 trains them with the logit "
+                        "NLL alone (default: %(default)s)")
+    p.add_argument("--bleu-tokenize", default="none", help="sacrebleu tokenizer; the text is pre-tokenised "
+                                                           "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     args = p.parse_args(argv)

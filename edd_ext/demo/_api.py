@@ -9,7 +9,6 @@ whether or not the compiled extension is built. ``SOURCES`` records where every 
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Callable, Dict
 
 import torch
@@ -138,17 +137,15 @@ def logit_distribution_uncertainty(*args, **kwargs):
     return _get("logit_distribution_uncertainty")(*args, **kwargs)
 
 
-# Sequence-level scores and metrics.
-from ._fallback import chain_rule_average, expectation_of_products, product_of_expectations  # noqa: E402,F401
-
+# Sequence-level scores and metrics: the public modules (sequence scores fall back to the demo's versions).
 try:
-    from edd_ext.metrics import auroc, prediction_rejection_ratio, rejection_curve, sentence_error_from_bleu  # noqa: F401
-except ImportError:  # pragma: no cover - metrics ships with the package
-    raise
+    from edd_ext.uncertainty.sequence import chain_rule_average, expectation_of_products, product_of_expectations
+except ImportError:  # pragma: no cover - depends on the state of the library
+    from ._fallback import chain_rule_average, expectation_of_products, product_of_expectations  # noqa: F401
 
-try:
-    from edd_ext.plotting import plot_summary  # noqa: F401
-except ImportError:  # pragma: no cover - plotting needs matplotlib
-    plot_summary = None
-
-_ = math  # keep the import list stable for the one-line switch above
+from edd_ext.metrics import (  # noqa: E402,F401
+    auroc,
+    prediction_rejection_ratio,
+    rejection_curve,
+    sentence_error_from_bleu,
+)

@@ -157,21 +157,21 @@ def logit_distribution_uncertainty(loc: Tensor, log_scale: Tensor, *, family: st
     return ensemble_uncertainty(samples, temperature=temperature)
 
 
-# ---- sequence level (SPEC section 3, Malinin & Gales 2021) ----
-def chain_rule_average(token_values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of a token-level measure over each hypothesis (``[B, T]`` -> ``[B]``)."""
-    mask = mask.to(token_values.dtype)
-    return (token_values * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+# ---- sequence level (SPEC section 3, Malinin & Gales 2021); same signatures as edd_ext.uncertainty.sequence ----
+def chain_rule_average(token_measure: Tensor, mask: Tensor) -> Tensor:
+    """Mean of a token-level measure over each hypothesis: ``[B, L]`` -> ``[B]``."""
+    x = torch.where(mask, token_measure, 0.0)
+    return x.sum(-1) / mask.sum(-1).clamp_min(1).to(x.dtype)
 
 
 def product_of_expectations(token_log_probs: Tensor, mask: Tensor) -> Tensor:
-    """PE score -(1/L) sum_l ln p̄(y_l) from the ensemble's token log-probs ``[B, T]``."""
-    return -chain_rule_average(token_log_probs, mask)
+    """PE score -(1/L) sum_l (logsumexp_m ln P_m(y_l) - ln M) from ``[B, M, L]`` member token log-probs."""
+    log_mean = torch.logsumexp(token_log_probs, -2) - math.log(token_log_probs.shape[-2])
+    return -chain_rule_average(log_mean, mask)
 
 
-def expectation_of_products(member_token_log_probs: Tensor, mask: Tensor) -> Tensor:
-    """EP score -(1/L)(logsumexp_m sum_l ln P_m(y_l) - ln M) from member log-probs ``[B, T, M]``."""
-    m = member_token_log_probs.shape[-1]
-    seq = torch.where(mask[..., None], member_token_log_probs, 0.0).sum(-2)
+def expectation_of_products(token_log_probs: Tensor, mask: Tensor) -> Tensor:
+    """EP score -(1/L)(logsumexp_m sum_l ln P_m(y_l) - ln M) from ``[B, M, L]`` member token log-probs."""
+    seq = torch.where(mask[..., None, :], token_log_probs, 0.0).sum(-1)
     length = mask.sum(-1).clamp_min(1).to(seq.dtype)
-    return -(torch.logsumexp(seq, -1) - math.log(m)) / length
+    return -(torch.logsumexp(seq, -1) - math.log(token_log_probs.shape[-2])) / length

@@ -8,6 +8,9 @@ Monte-Carlo samples ``[N, S, V]`` stay small, and combined into sequence-level s
 * TU, DU, MI, EPKL, RMI: chain-rule averages of the token measures over the hypothesis (EOS included);
 * PE: -(1/L) sum_l ln p(y_l) under the system's decoding distribution (the ensemble's p̄ for the ensemble);
 * EP (ensemble only): -(1/L)(logsumexp_m sum_l ln P_m(y_l) - ln M).
+
+The sequence-level combinations are ``edd_ext.uncertainty.sequence``'s ``chain_rule_average``,
+``product_of_expectations`` and ``expectation_of_products``.
 """
 from __future__ import annotations
 
@@ -65,9 +68,11 @@ class System:
         return torch.log_softmax(out[0].float(), -1)
 
     def token_measures(self, out, tokens: Tensor) -> Dict[str, Tensor]:
-        """Per-position measures for flattened real positions: ``out`` fields are ``[N, ...]``."""
+        """Measures of the flattened real positions (``out`` fields are ``[N, ...]``): token-level
+        measures ``[N]`` and ``logp`` ``[N, M]``, the log-probability each member (here the one model)
+        gives to the hypothesis token."""
         logp = self.log_probs(out)
-        return {"TU": -(logp.exp() * logp).sum(-1), "PE": -logp.gather(-1, tokens[:, None])[:, 0]}
+        return {"TU": -(logp.exp() * logp).sum(-1), "logp": logp.gather(-1, tokens[:, None])}
 
     def select(self, out, mask: Tensor):
         return tuple(None if o is None else o[mask] for o in out)
@@ -88,9 +93,7 @@ class EnsembleSystem(System):
 
         def fn(u, y, chunk):
             res = _fields(_api.ensemble_uncertainty(u))
-            member = torch.log_softmax(u.float(), -1).gather(-1, y[:, None, None].expand(-1, u.shape[-2], 1))[..., 0]
-            res["member_logp"] = member  # [N, M]
-            res["PE"] = -(torch.logsumexp(member, -1) - math.log(u.shape[-2]))
+            res["logp"] = torch.log_softmax(u.float(), -1).gather(-1, y[:, None, None].expand(-1, u.shape[-2], 1))[..., 0]
             return res
 
         return _chunked(fn, logits, tokens, per_row=logits.shape[-2] * logits.shape[-1] * 4)
@@ -109,7 +112,7 @@ class DirichletSystem(System):
     def token_measures(self, out, tokens):
         def fn(z, y, chunk):
             res = _fields(_api.dirichlet_uncertainty(z))
-            res["PE"] = -self.log_probs((z,)).gather(-1, y[:, None])[:, 0]
+            res["logp"] = self.log_probs((z,)).gather(-1, y[:, None])
             return res
 
         return _chunked(fn, out[0], tokens, per_row=out[0].shape[-1] * 8)
@@ -129,7 +132,7 @@ class LogitSystem(System):
             u = _api.logit_distribution_uncertainty(loc, log_scale, family=self.family,
                                                     num_samples=self.num_samples, seed=self.seed + chunk)
             res = _fields(u)
-            res["PE"] = -torch.log_softmax(loc.float(), -1).gather(-1, y[:, None])[:, 0]
+            res["logp"] = torch.log_softmax(loc.float(), -1).gather(-1, y[:, None])
             return res
 
         return _chunked(fn, out[0], out[1], tokens, per_row=self.num_samples * out[0].shape[-1] * 4)
@@ -163,16 +166,18 @@ def score(system: System, src: Tensor, hyp: Tensor) -> Dict[str, Tensor]:
     mask = hyp.ne(PAD)
     out = system.select(system.outputs(state, prev), mask)
     tokens = system.token_measures(out, hyp[mask])
-    rows = torch.arange(hyp.shape[0])[:, None].expand_as(hyp)[mask]
-    length = mask.sum(-1).clamp_min(1).float()
     seq = {}
     for name in system.measures:
-        if name == "EP":
-            member = tokens["member_logp"]  # [N, M]
-            total = torch.zeros(hyp.shape[0], member.shape[-1]).index_add_(0, rows, member)
-            seq["EP"] = -(torch.logsumexp(total, -1) - math.log(member.shape[-1])) / length
+        if name in ("PE", "EP"):
+            logp = tokens["logp"]  # [N, M]
+            padded = torch.zeros(*hyp.shape, logp.shape[-1])
+            padded[mask] = logp
+            fn = _api.product_of_expectations if name == "PE" else _api.expectation_of_products
+            seq[name] = fn(padded.transpose(1, 2), mask)  # [B, M, L] -> [B]
         else:
-            seq[name] = torch.zeros(hyp.shape[0]).index_add_(0, rows, tokens[name]) / length
+            padded = torch.zeros(hyp.shape)
+            padded[mask] = tokens[name]
+            seq[name] = _api.chain_rule_average(padded, mask)
     return seq
 
 

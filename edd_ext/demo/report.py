@@ -86,15 +86,76 @@ def write_json(path: Path, payload: Dict) -> None:
 
 
 def write_figure(path: Path, results: Dict[str, Dict], ood_sets: Sequence[str], title: str) -> Optional[Path]:
-    """Rejection curves (TU of every system) and ID-vs-OOD histograms of MI for the systems that have it."""
-    if _api.plot_summary is None:
+    """One PNG: mean OOD AUROC per system and measure, BLEU and decoding cost, prediction-rejection curves
+    (PE, which every system has), and in-domain vs OOD histograms of MI for three systems."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # matplotlib is optional
         return None
-    rejection = {s: (r["scores"]["test"]["TU"], r["errors"]) for s, r in results.items()}
-    ood = {}
-    for s, r in results.items():
-        if KNOWLEDGE_MEASURE in r["prr"]:
-            all_ood = np.concatenate([r["scores"][o][KNOWLEDGE_MEASURE] for o in ood_sets])
-            ood[f"{s}: {KNOWLEDGE_MEASURE}"] = (r["scores"]["test"][KNOWLEDGE_MEASURE], all_ood)
+    systems = list(results)
+    fig = Figure(figsize=(18, 9.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    fig.suptitle(title)
+
+    ax = axes[0, 0]  # AUROC heat map
+    grid = np.full((len(systems), len(MEASURES)), np.nan)
+    for i, s in enumerate(systems):
+        for j, m in enumerate(MEASURES):
+            if m in results[s]["auroc"]:
+                grid[i, j] = 100 * np.mean([results[s]["auroc"][m][o] for o in ood_sets])
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")  # 50 = chance
+    for i in range(len(systems)):
+        for j in range(len(MEASURES)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center")
+    ax.set_xticks(range(len(MEASURES)), MEASURES)
+    ax.set_yticks(range(len(systems)), systems)
+    ax.set_title(f"OOD AUROC (%), mean over {len(ood_sets)} OOD sets")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+
+    ax = axes[0, 1]  # BLEU and cost
+    x = np.arange(len(systems))
+    bleu = [results[s]["bleu"] for s in systems]
+    ax.bar(x, bleu, color="tab:blue")
+    ax.set_ylim(0, max(bleu) * 1.15 + 1)
+    for xi, s, b in zip(x, systems, bleu):
+        ax.annotate(f"{results[s]['decode_s']:.1f}s", (xi, b), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(x, systems, rotation=30, ha="right")
+    ax.set_ylabel("BLEU (label: decoding + scoring time)")
+    ax.set_title("Translation quality and cost")
+    ax.grid(axis="y", alpha=0.3)
+
+    ax = axes[0, 2]  # rejection curves
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # PRR is undefined when every error is equal
-        return _api.plot_summary(path, rejection=rejection, ood=ood, title=title)
+        for s in systems:
+            c = _api.rejection_curve(results[s]["scores"]["test"]["PE"], results[s]["errors"])
+            prr = "n/a" if not np.isfinite(c.prr) else f"{c.prr:.0f}"
+            ax.plot(c.fraction_rejected, c.uncertainty, label=f"{s} (PRR {prr})")
+    ax.set_xlabel("fraction rejected (most uncertain first, by PE)")
+    ax.set_ylabel("mean 100 - sentence BLEU (rejected count as 0)")
+    ax.set_title("Prediction rejection")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+    shown = [s for s in ("ensemble", "Proxy-Dirichlet", "Logit-Laplace", "Logit-Gaussian", "EnD2")
+             if s in results and KNOWLEDGE_MEASURE in results[s]["auroc"]][:3]
+    for ax, s in zip(axes[1], shown):
+        scores = results[s]["scores"]
+        ident = scores["test"][KNOWLEDGE_MEASURE]
+        bins = np.histogram_bin_edges(np.concatenate([ident] + [scores[o][KNOWLEDGE_MEASURE] for o in ood_sets]), 30)
+        ax.hist(ident, bins=bins, density=True, alpha=0.6, label="in-domain test")
+        for o in ood_sets:
+            ax.hist(scores[o][KNOWLEDGE_MEASURE], bins=bins, density=True, histtype="step", lw=1.5,
+                    label=f"{o} (AUROC {100 * results[s]['auroc'][KNOWLEDGE_MEASURE][o]:.0f})")
+        ax.set_title(f"{s}: sequence-level {KNOWLEDGE_MEASURE}")
+        ax.set_xlabel(KNOWLEDGE_MEASURE)
+        ax.legend(fontsize="small")
+    for ax in axes[1][len(shown):]:
+        ax.set_visible(False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

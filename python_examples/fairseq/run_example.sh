@@ -31,13 +31,13 @@ stamp() { echo "== [$(( $(date +%s) - start ))s] $*"; }
 last_valid() { grep -E "\| valid on" "$1" | tail -1 | sed -E 's/.*\| valid on .valid. subset \| //; s/ \| wps.*//'; }
 
 stamp "corpus -> $WORK/raw"
-"$PY" "$HERE/make_corpus.py" "$WORK/raw" --ood copy,foreign
+"$PY" "$HERE/make_corpus.py" "$WORK/raw" --ood permuted,foreign
 
-stamp "fairseq-preprocess -> $WORK/bin (test1 = OOD copy, test2 = OOD foreign)"
+stamp "fairseq-preprocess -> $WORK/bin (test1 = OOD permuted, test2 = OOD foreign)"
 rm -rf "$WORK/bin"
 "$PY" -m fairseq_cli.preprocess --source-lang src --target-lang tgt \
   --trainpref "$WORK/raw/train" --validpref "$WORK/raw/valid" \
-  --testpref "$WORK/raw/test,$WORK/raw/ood_copy,$WORK/raw/ood_foreign" \
+  --testpref "$WORK/raw/test,$WORK/raw/ood_permuted,$WORK/raw/ood_foreign" \
   --srcdict "$WORK/raw/dict.txt" --joined-dictionary --destdir "$WORK/bin" --workers 1 > "$LOGS/preprocess.log" 2>&1
 
 # Shared training options: a 1+1-layer, 64-dimensional transformer, Adam, validation at the end.
@@ -84,6 +84,6 @@ done
 
 stamp "score: BLEU on test; PRR on test (error = 100 - sentence BLEU); AUROC test vs OOD (percent)"
 "$PY" "$HERE/score.py" --system ensemble="$WORK/out/ensemble" --system proxy="$WORK/out/proxy" \
-  --system laplace="$WORK/out/laplace" --id test --ood copy=test1 --ood foreign=test2 \
+  --system laplace="$WORK/out/laplace" --id test --ood permuted=test1 --ood foreign=test2 \
   --json "$WORK/out/scores.json" 2> "$LOGS/score.log"
 stamp "done: hypotheses with uncertainties in $WORK/out/*/generate-*.txt and uncertainty-*.jsonl"
