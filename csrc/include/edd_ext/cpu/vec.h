@@ -6,6 +6,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -25,6 +26,32 @@ inline VecF load_float(const scalar_t* p) {
     for (int64_t i = 0; i < kLanes; ++i) tmp[i] = float(p[i]);
     return VecF::loadu(tmp);
   }
+}
+
+// Stores kLanes float32 values as any floating type.
+template <typename scalar_t>
+inline void store_float(const VecF& v, scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    v.store(p);
+  } else {
+    float tmp[kLanes];
+    v.store(tmp);
+    for (int64_t i = 0; i < kLanes; ++i) p[i] = scalar_t(tmp[i]);
+  }
+}
+
+// Whether any lane of a comparison mask is set.
+inline bool any_lane(const VecF& mask) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+  return _mm256_movemask_ps(mask) != 0;
+#else
+  int32_t bits[kLanes];
+  mask.store(bits);
+  for (int64_t i = 0; i < kLanes; ++i) {
+    if (bits[i] != 0) return true;
+  }
+  return false;
+#endif
 }
 
 inline float horizontal_sum(const VecF& v) {
