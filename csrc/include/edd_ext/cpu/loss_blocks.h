@@ -13,6 +13,7 @@
 #include "edd_ext/cpu/vec.h"
 #include "edd_ext/cpu/vec_special.h"
 #include "edd_ext/dirichlet_math.h"
+#include "edd_ext/logit_math.h"
 #include "edd_ext/softmax.h"
 
 namespace edd_ext {
@@ -94,6 +95,104 @@ inline void proxy_kl_block(const VecF& e, const VecF& mean_prob, const ProxyCons
       grad = e * (ga.trigamma * diff - k.grad_shift) * k.inv_beta0;
     }
   }
+}
+
+// ---- Logit-space losses (gaussian_class, laplace_class) ----
+// Per-member normalisers of the targets x_mk = (u_mk / T - shift_m) - offset_m for every teacher_norm
+// (cpu_teacher.h, member_normalisers): log_softmax through member_normalizers; center sums u / T in double.
+template <typename teacher_t>
+void target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, float inv_t, math::TeacherNorm norm,
+                        float* shift, float* offset) {
+  if (norm == math::TeacherNorm::kLogSoftmax) return member_normalizers(row, members, vocab, inv_t, shift, offset);
+  const int64_t body = vocab - vocab % kLanes;
+  for (int64_t m = 0; m < members; ++m) {
+    offset[m] = 0.f;
+    shift[m] = 0.f;
+    if (norm != math::TeacherNorm::kCenter) continue;
+    const teacher_t* u = row + m * vocab;
+    ChunkedSum sum;
+    for (int64_t k = 0; k < body; k += kLanes) sum.push(load_float(u + k) * VecF(inv_t));
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) total += double(float(u[k]) * inv_t);
+    shift[m] = float(total / double(vocab));
+  }
+}
+
+template <typename teacher_t>
+inline VecF target_block(const teacher_t* row, int64_t m, int64_t k, int64_t vocab, float inv_t, const float* shift,
+                         const float* offset) {
+  return (load_float(row + m * vocab + k) * VecF(inv_t) - VecF(shift[m])) - VecF(offset[m]);
+}
+
+struct ScaleBlock {
+  VecF log_scale, inv_scale, ratio;
+};
+
+// student_scale: s = exp(rho) + s_min in log space (s_min = 0: one exponential).
+inline ScaleBlock scale_block(const VecF& rho, float log_min_scale, bool no_min_scale) {
+  ScaleBlock s;
+  if (no_min_scale) {
+    s.log_scale = rho;
+    s.inv_scale = rho.neg().exp();
+    s.ratio = VecF(1.f);
+    return s;
+  }
+  s.log_scale = logaddexp(rho, VecF(log_min_scale));
+  s.inv_scale = s.log_scale.neg().exp();
+  s.ratio = (rho - s.log_scale).exp();
+  return s;
+}
+
+struct LocScaleBlock {
+  VecF loss, grad_loc, grad_log_scale;
+};
+
+// Gaussian: the members' targets in centred form around member 0 (CentredMoments), then gaussian_class.
+template <typename teacher_t>
+inline LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
+                                    const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
+                                    float inv_members) {
+  const VecF pivot = target_block(row, 0, k, vocab, inv_t, shift, offset);
+  VecF sum_d(0.f);
+  for (int64_t m = 1; m < members; ++m) sum_d = sum_d + (target_block(row, m, k, vocab, inv_t, shift, offset) - pivot);
+  const VecF inv_m(inv_members);
+  const VecF mean_d = sum_d * inv_m;
+  VecF spread(0.f);
+  for (int64_t m = 0; m < members; ++m) {
+    const VecF d = (target_block(row, m, k, vocab, inv_t, shift, offset) - pivot) - mean_d;
+    spread = spread + d * d;
+  }
+  const VecF dev = (mu - pivot) - mean_d;
+  const VecF inv_var = s.inv_scale * s.inv_scale;
+  const VecF v = spread * inv_m + dev * dev;
+  const VecF z2 = v * inv_var;
+  LocScaleBlock out;
+  out.loss = s.log_scale + VecF(math::half_log_2pi<float>()) + VecF(0.5f) * z2;
+  out.grad_loc = dev * inv_var;
+  out.grad_log_scale = (VecF(1.f) - z2) * s.ratio;
+  return out;
+}
+
+// Laplace: sum_m |x_m - mu| and sum_m sign(x_m - mu), then laplace_class.
+template <typename teacher_t>
+inline LocScaleBlock laplace_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
+                                   const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
+                                   float inv_members) {
+  const VecF zero(0.f), one(1.f);
+  VecF abs_sum(0.f), sign_sum(0.f);
+  for (int64_t m = 0; m < members; ++m) {
+    const VecF d = target_block(row, m, k, vocab, inv_t, shift, offset) - mu;
+    abs_sum = abs_sum + d.abs();
+    sign_sum = sign_sum + (VecF::blendv(zero, one, d > zero) - VecF::blendv(zero, one, d < zero));
+  }
+  const VecF inv_m(inv_members);
+  const VecF a = abs_sum * inv_m;
+  const VecF z1 = a * s.inv_scale;
+  LocScaleBlock out;
+  out.loss = s.log_scale + VecF(math::log_2<float>()) + z1;
+  out.grad_loc = sign_sum.neg() * inv_m * s.inv_scale;
+  out.grad_log_scale = (one - z1) * s.ratio;
+  return out;
 }
 
 }  // namespace cpu
