@@ -90,7 +90,7 @@ inline void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_lo
   const VecF zero(0.f);
   const VecF log_q = (z - z_max) - z_log_sum;
   loss = VecF::blendv(mean_prob * (log_mean_prob - log_q), zero, mean_prob == zero);
-  grad = log_q.exp() - mean_prob;
+  grad = cpu::exp_fast(log_q) - mean_prob;
 }
 
 template <typename student_t, typename teacher_t>
@@ -127,13 +127,13 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
         if (logits != nullptr) {
           VecF sum_p(0.f);
           for (int64_t m = 0; m < members; ++m) {
-            sum_p = sum_p + ((cpu::load_float(row + m * vocab + k) - VecF(shift[m])) - VecF(log_sum[m])).exp();
+            sum_p = sum_p + cpu::exp_fast((cpu::load_float(row + m * vocab + k) - VecF(shift[m])) - VecF(log_sum[m]));
           }
           mean_prob = sum_p * VecF(inv_m);
-          log_mean_prob = sum_p.log() - VecF(log_m);
+          log_mean_prob = cpu::log_fast(sum_p) - VecF(log_m);
         } else {
           mean_prob = cpu::load_float(row + k);
-          log_mean_prob = mean_prob.log();
+          log_mean_prob = cpu::log_fast(mean_prob);
         }
         ensemble_kl_block(cpu::load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
         sum.push(l);

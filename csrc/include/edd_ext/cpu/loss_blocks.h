@@ -11,6 +11,7 @@
 
 #include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/cpu/vec.h"
+#include "edd_ext/cpu/vec_math.h"
 #include "edd_ext/cpu/vec_special.h"
 #include "edd_ext/dirichlet_math.h"
 #include "edd_ext/logit_math.h"
@@ -31,7 +32,7 @@ double student_excess_row(const student_t* z, int64_t vocab, double c, float* ex
   const int64_t body = vocab - vocab % kLanes;
   ChunkedSum sum;
   for (int64_t k = 0; k < body; k += kLanes) {
-    const VecF e = load_float(z + k).exp();
+    const VecF e = exp_fast(load_float(z + k));
     e.store(excess + k);
     sum.push(e);
   }
@@ -133,13 +134,13 @@ inline ScaleBlock scale_block(const VecF& rho, float log_min_scale, bool no_min_
   ScaleBlock s;
   if (no_min_scale) {
     s.log_scale = rho;
-    s.inv_scale = rho.neg().exp();
+    s.inv_scale = exp_fast(rho.neg());
     s.ratio = VecF(1.f);
     return s;
   }
   s.log_scale = logaddexp(rho, VecF(log_min_scale));
-  s.inv_scale = s.log_scale.neg().exp();
-  s.ratio = (rho - s.log_scale).exp();
+  s.inv_scale = exp_fast(s.log_scale.neg());
+  s.ratio = exp_fast(rho - s.log_scale);
   return s;
 }
 

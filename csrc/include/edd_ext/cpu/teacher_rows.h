@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "edd_ext/cpu/vec.h"
+#include "edd_ext/cpu/vec_math.h"
 #include "edd_ext/ensemble_math.h"
 
 namespace edd_ext {
@@ -36,7 +37,7 @@ void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, flo
     mx *= inv_t;  // T > 0
     const VecF vt(inv_t), vmx(mx);
     ChunkedSum sum;
-    for (int64_t k = 0; k < body; k += kLanes) sum.push((load_float(u + k) * vt - vmx).exp());
+    for (int64_t k = 0; k < body; k += kLanes) sum.push(exp_fast(load_float(u + k) * vt - vmx));
     double total = sum.result();
     for (int64_t k = body; k < vocab; ++k) total += std::exp(double(float(u[k]) * inv_t - mx));
     shift[m] = mx;
@@ -58,7 +59,7 @@ inline TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t member
   for (int64_t m = 0; m < members; ++m) {
     VecF l = (load_float(row + m * vocab + k) * vt - VecF(shift[m])) - VecF(log_sum[m]);
     if (o.smooth) l = logaddexp(l + VecF(o.log1m_eps), VecF(o.log_eps_over_v));
-    const VecF p = l.exp();
+    const VecF p = exp_fast(l);
     sp = sp + p;
     sl = sl + l;
     spl = at::vec::fmadd(p, l, spl);
@@ -70,7 +71,7 @@ inline TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t member
   b.mean_log_prob = sl * inv_m;
   b.mean_p_log_p = spl * inv_m;
   const VecF zero(0.f);
-  b.log_mean_prob = VecF::blendv(ml - log_m, sp.log() - log_m, sp > zero);
+  b.log_mean_prob = VecF::blendv(ml - log_m, log_fast(sp) - log_m, sp > zero);
   return b;
 }
 

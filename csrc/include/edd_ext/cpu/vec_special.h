@@ -14,6 +14,7 @@
 #pragma once
 
 #include "edd_ext/cpu/vec.h"
+#include "edd_ext/cpu/vec_math.h"
 #include "edd_ext/special_functions.h"
 
 namespace edd_ext {
@@ -60,11 +61,11 @@ inline VecGamma gamma_terms(const VecF& x) {
   static constexpr float kTg[] = {1.f / 6, -1.f / 30, 1.f / 42, -1.f / 30, 5.f / 66};
   VecGamma g{zero, zero, zero};
   if (kLgamma || kDigamma) {
-    const VecF ly = y.log();
+    const VecF ly = log_fast(y);
     if (kLgamma) g.lgamma = (y - half) * ly - y + VecF(math::half_log_two_pi<float>()) + r * horner(f, kLg);
     if (kDigamma) g.digamma = ly - half * r + f * horner(f, kDg);
   }
-  if (kLgamma) g.lgamma = g.lgamma - VecF::blendv(zero, d.log(), shifted);
+  if (kLgamma) g.lgamma = g.lgamma - VecF::blendv(zero, log_fast(d), shifted);
   if (kDigamma || kTrigamma) {
     const VecF rd = one / d;
     if (kDigamma) g.digamma = g.digamma - VecF::blendv(zero, dd * rd, shifted);
@@ -74,7 +75,7 @@ inline VecGamma gamma_terms(const VecF& x) {
     }
   }
   if (any_small) {
-    if (kLgamma) g.lgamma = g.lgamma + VecF::blendv(zero, zero - x.log(), small);
+    if (kLgamma) g.lgamma = g.lgamma + VecF::blendv(zero, zero - log_fast(x), small);
     if (kDigamma || kTrigamma) {
       const VecF rx = one / x;
       if (kDigamma) g.digamma = g.digamma + VecF::blendv(zero, zero - rx, small);
