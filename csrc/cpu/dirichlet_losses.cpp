@@ -351,6 +351,7 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cpu(const at::Tensor& student_l
   check_nonnegative_option(model_offset, "model_offset");
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_log_probs, "mean_log_probs",
                                        c10::nullopt, nullptr, mask, compute_grad);
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
       using student_t = typename decltype(s)::type;
@@ -375,6 +376,7 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cpu(
                                              reference_code_compat);
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", teacher_measure,
                                        "teacher_measure", mask, compute_grad);
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
                                using student_t = typename decltype(s)::type;

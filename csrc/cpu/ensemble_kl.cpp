@@ -85,7 +85,7 @@ using cpu::kLanes;
 using cpu::VecF;
 
 // ensemble_kl_class for kLanes classes.
-inline void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
+EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
                               const VecF& log_mean_prob, VecF& loss, VecF& grad) {
   const VecF zero(0.f);
   const VecF log_q = (z - z_max) - z_log_sum;
@@ -166,6 +166,7 @@ std::tuple<at::Tensor, at::Tensor> ensemble_kl_cpu(const at::Tensor& student_log
                                                    const c10::optional<at::Tensor>& mask, bool compute_grad) {
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", c10::nullopt,
                                        nullptr, mask, compute_grad);
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
       using student_t = typename decltype(s)::type;

@@ -167,6 +167,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cpu(const at::Tensor& l
   check_positive_option(temperature, "temperature");
   check_nonnegative_option(min_scale, "min_scale");
   LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, compute_grad);
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad_log_scale.mutable_data_ptr(), p.grad_log_scale.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
       using student_t = typename decltype(s)::type;

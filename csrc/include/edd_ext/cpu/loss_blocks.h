@@ -46,7 +46,7 @@ double student_excess_row(const student_t* z, int64_t vocab, double c, float* ex
 
 // The members' mean log-probability (1/M) sum_m l_mk at kLanes classes (inv_t = 1).
 template <typename teacher_t>
-inline VecF mean_log_prob_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, const float* shift,
+EDD_CPU_INLINE VecF mean_log_prob_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, const float* shift,
                                 const float* log_sum, float inv_members) {
   VecF l(0.f);
   for (int64_t m = 0; m < members; ++m) {
@@ -60,7 +60,7 @@ struct NllConsts {
   VecF c, c_minus_one, digamma_alpha0;
 };
 
-inline void dirichlet_nll_block(const VecF& e, const VecF& mean_log_prob, const NllConsts& k, VecF& loss,
+EDD_CPU_INLINE void dirichlet_nll_block(const VecF& e, const VecF& mean_log_prob, const NllConsts& k, VecF& loss,
                                 VecF& grad) {
   const VecF alpha = e + k.c;
   const VecGamma g = gamma_terms<true, true, false>(alpha);
@@ -74,7 +74,7 @@ struct ProxyConsts {
 };
 
 template <math::ProxyMode kMode>
-inline void proxy_kl_block(const VecF& e, const VecF& mean_prob, const ProxyConsts& k, VecF& loss, VecF& grad) {
+EDD_CPU_INLINE void proxy_kl_block(const VecF& e, const VecF& mean_prob, const ProxyConsts& k, VecF& loss, VecF& grad) {
   const VecF alpha = e + k.c;
   if constexpr (kMode == math::ProxyMode::kForward) {
     const VecF b = k.class_precision * mean_prob + k.target_offset;
@@ -120,7 +120,7 @@ void target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, fl
 }
 
 template <typename teacher_t>
-inline VecF target_block(const teacher_t* row, int64_t m, int64_t k, int64_t vocab, float inv_t, const float* shift,
+EDD_CPU_INLINE VecF target_block(const teacher_t* row, int64_t m, int64_t k, int64_t vocab, float inv_t, const float* shift,
                          const float* offset) {
   return (load_float(row + m * vocab + k) * VecF(inv_t) - VecF(shift[m])) - VecF(offset[m]);
 }
@@ -130,7 +130,7 @@ struct ScaleBlock {
 };
 
 // student_scale: s = exp(rho) + s_min in log space (s_min = 0: one exponential).
-inline ScaleBlock scale_block(const VecF& rho, float log_min_scale, bool no_min_scale) {
+EDD_CPU_INLINE ScaleBlock scale_block(const VecF& rho, float log_min_scale, bool no_min_scale) {
   ScaleBlock s;
   if (no_min_scale) {
     s.log_scale = rho;
@@ -150,7 +150,7 @@ struct LocScaleBlock {
 
 // Gaussian: the members' targets in centred form around member 0 (CentredMoments), then gaussian_class.
 template <typename teacher_t>
-inline LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
+EDD_CPU_INLINE LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
                                     const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
                                     float inv_members) {
   const VecF pivot = target_block(row, 0, k, vocab, inv_t, shift, offset);
@@ -176,7 +176,7 @@ inline LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int64_t mem
 
 // Laplace: sum_m |x_m - mu| and sum_m sign(x_m - mu), then laplace_class.
 template <typename teacher_t>
-inline LocScaleBlock laplace_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
+EDD_CPU_INLINE LocScaleBlock laplace_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
                                    const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
                                    float inv_members) {
   const VecF zero(0.f), one(1.f);

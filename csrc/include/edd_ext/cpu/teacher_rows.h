@@ -52,7 +52,7 @@ struct TeacherBlock {
 };
 
 template <typename scalar_t>
-inline TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
+EDD_CPU_INLINE TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
                                   const float* shift, const float* log_sum, const TeacherOptions& o) {
   const VecF vt(o.inv_temperature);
   VecF sp(0.f), sl(0.f), spl(0.f), ml(-std::numeric_limits<float>::infinity());

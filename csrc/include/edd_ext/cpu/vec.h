@@ -13,6 +13,14 @@
 namespace edd_ext {
 namespace cpu {
 
+// Forces inlining of the small vector functions of the hot loops (an out-of-line call passes each vector
+// through memory).
+#if defined(__GNUC__)
+#define EDD_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define EDD_CPU_INLINE inline
+#endif
+
 using VecF = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = VecF::size();
 

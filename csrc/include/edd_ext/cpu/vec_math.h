@@ -18,7 +18,7 @@ namespace cpu {
 
 #if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
 
-inline VecF exp_fast(const VecF& v) {
+EDD_CPU_INLINE VecF exp_fast(const VecF& v) {
   __m256 x = v;
   // clamp (NaN kept: max/min return their second operand when either is NaN)
   x = _mm256_min_ps(_mm256_set1_ps(88.8f), x);
@@ -42,14 +42,12 @@ inline VecF exp_fast(const VecF& v) {
   return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
 }
 
-inline VecF log_fast(const VecF& v) {
-  const __m256 x0 = v;
-  // subnormal inputs: scale by 2^23 (exact) and take 23 off the exponent
-  const __m256 sub = _mm256_cmp_ps(x0, _mm256_set1_ps(1.17549435e-38f), _CMP_LT_OQ);
-  const __m256 x = _mm256_blendv_ps(x0, _mm256_mul_ps(x0, _mm256_set1_ps(8388608.f)), sub);
+// ln x for positive normal finite x only (no subnormal scaling, no special values: 0, inf and NaN give
+// finite garbage, so a caller must get NaN/inf propagation from its other terms); the core of log_fast.
+EDD_CPU_INLINE __m256 log_core(__m256 x, __m256 e_adjust) {
   const __m256i xi = _mm256_castps_si256(x);
   __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(xi, 23), _mm256_set1_epi32(127)));
-  e = _mm256_sub_ps(e, _mm256_and_ps(sub, _mm256_set1_ps(23.f)));
+  e = _mm256_sub_ps(e, e_adjust);
   __m256 m = _mm256_castsi256_ps(
       _mm256_or_si256(_mm256_and_si256(xi, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
   // m in [1, 2): bring it into [sqrt(1/2), sqrt(2))
@@ -71,7 +69,17 @@ inline VecF log_fast(const VecF& v) {
   y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
   y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
   __m256 r = _mm256_add_ps(f, y);
-  r = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), r);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), r);
+}
+
+EDD_CPU_INLINE VecF log_fast_normal(const VecF& v) { return log_core(v, _mm256_setzero_ps()); }
+
+EDD_CPU_INLINE VecF log_fast(const VecF& v) {
+  const __m256 x0 = v;
+  // subnormal inputs: scale by 2^23 (exact) and take 23 off the exponent
+  const __m256 sub = _mm256_cmp_ps(x0, _mm256_set1_ps(1.17549435e-38f), _CMP_LT_OQ);
+  const __m256 x = _mm256_blendv_ps(x0, _mm256_mul_ps(x0, _mm256_set1_ps(8388608.f)), sub);
+  __m256 r = log_core(x, _mm256_and_ps(sub, _mm256_set1_ps(23.f)));
   // special values: 0 -> -inf, negative -> NaN, +inf and NaN -> themselves
   const __m256 zero = _mm256_setzero_ps();
   r = _mm256_blendv_ps(r, _mm256_set1_ps(-std::numeric_limits<float>::infinity()),
@@ -86,8 +94,8 @@ inline VecF log_fast(const VecF& v) {
 
 #else
 
-inline VecF exp_fast(const VecF& v) { return v.exp(); }
-inline VecF log_fast(const VecF& v) { return v.log(); }
+EDD_CPU_INLINE VecF exp_fast(const VecF& v) { return v.exp(); }
+EDD_CPU_INLINE VecF log_fast(const VecF& v) { return v.log(); }
 
 #endif
 

@@ -26,7 +26,7 @@ struct VecGamma {
 
 // Horner evaluation of c[0] + c[1] f + ... + c[N-1] f^(N-1).
 template <int N>
-inline VecF horner(const VecF& f, const float (&c)[N]) {
+EDD_CPU_INLINE VecF horner(const VecF& f, const float (&c)[N]) {
   VecF r(c[N - 1]);
   for (int i = N - 2; i >= 0; --i) r = at::vec::fmadd(r, f, VecF(c[i]));
   return r;
@@ -37,7 +37,7 @@ inline VecF horner(const VecF& f, const float (&c)[N]) {
 // The x < 1 step (its own log and division) is only evaluated when some lane needs it; the other lanes get
 // exactly the same result either way.
 template <bool kLgamma, bool kDigamma, bool kTrigamma>
-inline VecGamma gamma_terms(const VecF& x) {
+EDD_CPU_INLINE VecGamma gamma_terms(const VecF& x) {
   const VecF one(1.f), zero(0.f), half(0.5f);
   // x < 1: one recurrence step up.
   const VecF small = x < one;
@@ -61,11 +61,12 @@ inline VecGamma gamma_terms(const VecF& x) {
   static constexpr float kTg[] = {1.f / 6, -1.f / 30, 1.f / 42, -1.f / 30, 5.f / 66};
   VecGamma g{zero, zero, zero};
   if (kLgamma || kDigamma) {
-    const VecF ly = log_fast(y);
+    const VecF ly = log_fast_normal(y);  // y >= 8 (NaN / inf reach the result through y and 1 / y)
     if (kLgamma) g.lgamma = (y - half) * ly - y + VecF(math::half_log_two_pi<float>()) + r * horner(f, kLg);
     if (kDigamma) g.digamma = ly - half * r + f * horner(f, kDg);
   }
-  if (kLgamma) g.lgamma = g.lgamma - VecF::blendv(zero, log_fast(d), shifted);
+  // shifted lanes: 5040 <= d < 15^7
+  if (kLgamma) g.lgamma = g.lgamma - VecF::blendv(zero, log_fast_normal(d), shifted);
   if (kDigamma || kTrigamma) {
     const VecF rd = one / d;
     if (kDigamma) g.digamma = g.digamma - VecF::blendv(zero, dd * rd, shifted);
@@ -85,8 +86,8 @@ inline VecGamma gamma_terms(const VecF& x) {
   return g;
 }
 
-inline VecGamma gamma_family(const VecF& x) { return gamma_terms<true, true, true>(x); }
-inline VecF lgamma_only(const VecF& x) { return gamma_terms<true, false, false>(x).lgamma; }
+EDD_CPU_INLINE VecGamma gamma_family(const VecF& x) { return gamma_terms<true, true, true>(x); }
+EDD_CPU_INLINE VecF lgamma_only(const VecF& x) { return gamma_terms<true, false, false>(x).lgamma; }
 
 }  // namespace cpu
 }  // namespace edd_ext
