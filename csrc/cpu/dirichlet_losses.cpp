@@ -238,8 +238,8 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
   });
 }
 
-// Proxy-Dirichlet KL with float32 math: (from logits) the members' normalisers, then one teacher pass that
-// writes pi^ into a scratch row and sums the measure and the mass; e = exp(z) and alpha_0 into a second
+// Proxy-Dirichlet KL with float32 math: (from logits) the members' normalisers, keeping exp(u - max) in an
+// [M, V] scratch, then one teacher pass that writes pi^ into a scratch row and sums the measure and the mass; e = exp(z) and alpha_0 into a second
 // scratch row; the per-position scalars in float64; one class pass over the two scratch rows.
 template <math::ProxyMode kMode, typename student_t, typename teacher_t>
 void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
@@ -257,8 +257,8 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members), excess(vocab);
-    std::vector<float> scratch(logits != nullptr ? vocab : 0);
+    std::vector<float> shift(members), log_sum(members), inv_sum(members), excess(vocab);
+    std::vector<float> scratch(logits != nullptr ? vocab : 0), weights(logits != nullptr ? members * vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
       if (mask != nullptr && !mask[n]) {
@@ -271,10 +271,12 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
       const teacher_t* mean_probs_row = nullptr;
       if (logits != nullptr) {
         const teacher_t* row = logits + n * members * vocab;
-        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data());
+        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(),
+                                inv_sum.data());
         cpu::ChunkedSum measure_sum, mass_sum;
         for (int64_t k = 0; k < body; k += kLanes) {
-          const cpu::TeacherBlock b = cpu::teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), to);
+          const cpu::TeacherBlock b = cpu::teacher_block_weighted(row, weights.data(), inv_sum.data(), k, members,
+                                                                  vocab, shift.data(), log_sum.data(), to);
           b.mean_prob.store(scratch.data() + k);
           measure_sum.push(o.mkl ? cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob))
                                  : cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));

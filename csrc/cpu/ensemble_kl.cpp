@@ -84,7 +84,8 @@ void ensemble_kl_rows(const LossProblem& p) {
 using cpu::kLanes;
 using cpu::VecF;
 
-// ensemble_kl_class for kLanes classes.
+// ensemble_kl_class for kLanes classes. The SIMD kernel forms the members' probabilities from the
+// exp(u - max) its normaliser pass keeps ([M, V] scratch): p_mk = w_mk / sum_k w_mk.
 EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
                               const VecF& log_mean_prob, VecF& loss, VecF& grad) {
   const VecF zero(0.f);
@@ -106,7 +107,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members);
+    std::vector<float> shift(members), log_sum(members), inv_sum(members), weights(logits != nullptr ? members * vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
       if (mask != nullptr && !mask[n]) {
@@ -118,7 +119,9 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
       float z_max, z_log_sum;
       cpu::member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
       const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
-      if (logits != nullptr) cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data());
+      if (logits != nullptr) {
+        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
+      }
       const VecF vz_max(z_max), vz_log_sum(z_log_sum);
       cpu::ChunkedSum sum;
       VecF l, dz;
@@ -127,7 +130,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
         if (logits != nullptr) {
           VecF sum_p(0.f);
           for (int64_t m = 0; m < members; ++m) {
-            sum_p = sum_p + cpu::exp_fast((cpu::load_float(row + m * vocab + k) - VecF(shift[m])) - VecF(log_sum[m]));
+            sum_p = sum_p + VecF::loadu(weights.data() + m * vocab + k) * VecF(inv_sum[m]);
           }
           mean_prob = sum_p * VecF(inv_m);
           log_mean_prob = cpu::log_fast(sum_p) - VecF(log_m);

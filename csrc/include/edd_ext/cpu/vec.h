@@ -62,6 +62,16 @@ inline bool any_lane(const VecF& mask) {
 #endif
 }
 
+// max(a, b) without NaN propagation (x86 max returns b when either is NaN), for maxima whose NaN reaches the
+// result another way.
+EDD_CPU_INLINE VecF fast_max(const VecF& a, const VecF& b) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+  return _mm256_max_ps(a, b);
+#else
+  return at::vec::maximum(a, b);
+#endif
+}
+
 inline float horizontal_sum(const VecF& v) {
   return at::vec::vec_reduce_all<float>([](VecF& a, VecF& b) { return a + b; }, v);
 }

@@ -44,6 +44,29 @@ EDD_CPU_INLINE VecF exp_fast(const VecF& v) {
 
 // ln x for positive normal finite x only (no subnormal scaling, no special values: 0, inf and NaN give
 // finite garbage, so a caller must get NaN/inf propagation from its other terms); the core of log_fast.
+// exp(x) for x <= 0 (softmax weights exp(u - max)): the same reduction and polynomial as exp_fast, with a
+// single 2^n scaling; results below FLT_MIN (x < -87.33) are flushed to 0 instead of rounded gradually, which
+// changes a sum whose largest term is 1 by less than V * 1.2e-38. NaN propagates.
+EDD_CPU_INLINE VecF exp_nonpositive(const VecF& v) {
+  const __m256 x0 = v;
+  const __m256 keep = _mm256_cmp_ps(x0, _mm256_set1_ps(-87.33654f), _CMP_NLT_UQ);  // NaN kept
+  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-87.33654f), x0);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i ni = _mm256_cvtps_epi32(n);  // in [-126, 0] (x >= -87.34, and x <= 0 for the callers)
+  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+  return _mm256_and_ps(_mm256_mul_ps(p, scale), keep);
+}
+
 EDD_CPU_INLINE __m256 log_core(__m256 x, __m256 e_adjust) {
   const __m256i xi = _mm256_castps_si256(x);
   __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(xi, 23), _mm256_set1_epi32(127)));
