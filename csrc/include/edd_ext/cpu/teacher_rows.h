@@ -34,9 +34,15 @@ void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, flo
   for (int64_t m = 0; m < members; ++m) {
     const scalar_t* u = row + m * vocab;
     // the maximum need not propagate NaN: a NaN logit makes the exponential sum NaN
-    VecF vmax(-std::numeric_limits<float>::infinity());
-    for (int64_t k = 0; k < body; k += kLanes) vmax = fast_max(vmax, load_float(u + k));
-    float mx = horizontal_max(vmax);
+    // (four independent chains: this pass streams the logits from memory)
+    const VecF lowest(-std::numeric_limits<float>::infinity());
+    VecF vmax[4] = {lowest, lowest, lowest, lowest};
+    int64_t k0 = 0;
+    for (; k0 + 4 * kLanes <= body; k0 += 4 * kLanes) {
+      for (int j = 0; j < 4; ++j) vmax[j] = fast_max(vmax[j], load_float(u + k0 + j * kLanes));
+    }
+    for (; k0 < body; k0 += kLanes) vmax[0] = fast_max(vmax[0], load_float(u + k0));
+    float mx = horizontal_max(fast_max(fast_max(vmax[0], vmax[1]), fast_max(vmax[2], vmax[3])));
     for (int64_t k = body; k < vocab; ++k) mx = std::max(mx, float(u[k]));
     mx *= inv_t;  // T > 0
     const VecF vt(inv_t), vmx(mx);
