@@ -10,6 +10,9 @@
 #include <limits>
 #include <type_traits>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 namespace edd_ext {
 namespace cpu {
 
@@ -26,9 +29,17 @@ constexpr int64_t kLanes = VecF::size();
 
 // Loads kLanes consecutive values of any floating type as float32.
 template <typename scalar_t>
-inline VecF load_float(const scalar_t* p) {
+EDD_CPU_INLINE VecF load_float(const scalar_t* p) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     return VecF::loadu(p);
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    // bfloat16 is the upper half of a float32: widen and shift (exact)
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));  // F16C (exact)
+#endif
   } else {
     float tmp[kLanes];
     for (int64_t i = 0; i < kLanes; ++i) tmp[i] = float(p[i]);
