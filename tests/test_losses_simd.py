@@ -160,7 +160,8 @@ def test_mask_and_nan_isolation(name):
     z_bad, u_bad = z.clone(), u.clone()
     z_bad[1, 3] = float("nan")  # masked position: NaN in the student
     u_bad[1, 0, 1270] = float("nan")
-    z_bad[3, 1269] = float("nan")  # unmasked position: NaN in the tail
+    z_bad[3, 1269] = float("nan")  # unmasked position: NaN in the student's tail and the teacher's SIMD body
+    u_bad[3, 1, 5] = float("nan")
 
     def run(zz, uu):
         x = zz.clone().requires_grad_()
