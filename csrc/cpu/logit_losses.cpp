@@ -5,21 +5,45 @@
 // One task per position: the members' normalisers (log-sum-exp or mean logit), then one streaming pass over
 // the teacher per class. Gaussian deviations are accumulated in centred form around a pivot member
 // (logit_math.h, CentredMoments: never E[x^2] - 2 mu E[x] + mu^2); Laplace needs every member (|x_m - mu| and sign(x_m - mu)).
-// Float32 math (float64 for float64 inputs), float64 row sums.
+// Float32 math (float64 for float64 inputs), float64 row sums. float32/float16/bfloat16 inputs take the SIMD
+// kernel (logit_nll_rows_simd: kLanes classes per step, edd_ext/cpu/loss_blocks.h, scalar row tail).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "edd_ext/cpu/loss_blocks.h"
 #include "edd_ext/cpu_teacher.h"
 #include "edd_ext/logit_math.h"
 #include "edd_ext/loss_host.h"
 
 namespace edd_ext {
 namespace {
+
+// One class of either family with the header math (target(m, k): member m's normalised target).
+template <typename acc_t, typename Target>
+math::LocScaleLossGrad<acc_t> logit_class(bool laplace, const Target& target, int64_t members, int64_t k, acc_t mu,
+                                          acc_t rho, acc_t log_min_scale, acc_t inv_m) {
+  if (laplace) {
+    acc_t abs_sum = 0, sign_sum = 0;
+    for (int64_t m = 0; m < members; ++m) {
+      const acc_t d = target(m, k) - mu;
+      abs_sum += math::abs_(d);
+      sign_sum += math::sign_of(d);
+    }
+    return math::laplace_class(rho, log_min_scale, abs_sum, sign_sum, inv_m);
+  }
+  math::CentredMoments<acc_t> c;
+  c.first(target(0, k));
+  for (int64_t m = 1; m < members; ++m) c.add(target(m, k));
+  c.finish_mean(inv_m);
+  for (int64_t m = 0; m < members; ++m) c.add_spread(target(m, k));
+  return math::gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_m);
+}
 
 // Gaussian, per class (logit_math.h, gaussian_class):
 //   L_k = ln s + ln(2 pi)/2 + v / (2 s^2),  v = (1/M) sum_m (x_m - mu)^2 = spread/M + (x- - mu)^2
@@ -58,24 +82,8 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
       auto target = [&](int64_t m, int64_t k) { return (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
       double sum = 0;
       for (int64_t k = 0; k < vocab; ++k) {
-        const acc_t mu = acc_t(mu_row[k]), rho = acc_t(rho_row[k]);
-        math::LocScaleLossGrad<acc_t> t;
-        if (laplace) {
-          acc_t abs_sum = 0, sign_sum = 0;
-          for (int64_t m = 0; m < members; ++m) {
-            const acc_t d = target(m, k) - mu;
-            abs_sum += math::abs_(d);
-            sign_sum += math::sign_of(d);
-          }
-          t = math::laplace_class(rho, log_min_scale, abs_sum, sign_sum, inv_m);
-        } else {
-          math::CentredMoments<acc_t> c;
-          c.first(target(0, k));
-          for (int64_t m = 1; m < members; ++m) c.add(target(m, k));
-          c.finish_mean(inv_m);
-          for (int64_t m = 0; m < members; ++m) c.add_spread(target(m, k));
-          t = math::gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_m);
-        }
+        const math::LocScaleLossGrad<acc_t> t = logit_class<acc_t>(laplace, target, members, k, acc_t(mu_row[k]),
+                                                                   acc_t(rho_row[k]), log_min_scale, inv_m);
         sum += double(t.loss);
         if (g_loc != nullptr) {
           g_loc[k] = student_t(t.grad_loc);
@@ -83,6 +91,68 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
         }
       }
       loss[n] = acc_t(sum);
+    }
+  });
+}
+
+using cpu::kLanes;
+using cpu::VecF;
+
+template <typename student_t, typename teacher_t>
+void logit_nll_rows_simd(const LossProblem& p, bool laplace, math::TeacherNorm norm, double temperature,
+                         double min_scale) {
+  const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
+  const float inv_m = float(1.0 / double(members));
+  const float inv_t = float(1.0 / temperature), log_min_scale = float(log_or_neg_inf(min_scale));
+  const bool no_min_scale = log_min_scale == math::neg_inf<float>();
+  const student_t* locs = p.student.const_data_ptr<student_t>();
+  const student_t* log_scales = p.log_scale.const_data_ptr<student_t>();
+  const teacher_t* logits = p.teacher_logits.const_data_ptr<teacher_t>();
+  const bool* mask = p.mask_data();
+  float* loss = p.loss.mutable_data_ptr<float>();
+  student_t* grad_loc = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  student_t* grad_log_scale = p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
+
+  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
+    std::vector<float> shift(members), offset(members);
+    for (int64_t n = begin; n < end; ++n) {
+      student_t* g_loc = grad_loc != nullptr ? grad_loc + n * vocab : nullptr;
+      student_t* g_rho = grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr;
+      if (mask != nullptr && !mask[n]) {
+        loss[n] = 0.f;
+        cpu::zero_row(g_loc, vocab);
+        cpu::zero_row(g_rho, vocab);
+        continue;
+      }
+      const student_t* mu_row = locs + n * vocab;
+      const student_t* rho_row = log_scales + n * vocab;
+      const teacher_t* row = logits + n * members * vocab;
+      cpu::target_normalizers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
+      cpu::ChunkedSum sum;
+      for (int64_t k = 0; k < body; k += kLanes) {
+        const VecF mu = cpu::load_float(mu_row + k);
+        const cpu::ScaleBlock s = cpu::scale_block(cpu::load_float(rho_row + k), log_min_scale, no_min_scale);
+        const cpu::LocScaleBlock t =
+            laplace ? cpu::laplace_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m)
+                    : cpu::gaussian_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m);
+        sum.push(t.loss);
+        if (g_loc != nullptr) {
+          cpu::store_float(t.grad_loc, g_loc + k);
+          cpu::store_float(t.grad_log_scale, g_rho + k);
+        }
+      }
+      double total = sum.result();
+      auto target = [&](int64_t m, int64_t k) { return (float(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
+      for (int64_t k = body; k < vocab; ++k) {
+        const math::LocScaleLossGrad<float> t =
+            logit_class<float>(laplace, target, members, k, float(mu_row[k]), float(rho_row[k]), log_min_scale, inv_m);
+        total += double(t.loss);
+        if (g_loc != nullptr) {
+          g_loc[k] = student_t(t.grad_loc);
+          g_rho[k] = student_t(t.grad_log_scale);
+        }
+      }
+      loss[n] = float(total);
     }
   });
 }
@@ -97,11 +167,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cpu(const at::Tensor& l
   check_positive_option(temperature, "temperature");
   check_nonnegative_option(min_scale, "min_scale");
   LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, compute_grad);
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
+  if (p.compute_grad) cpu::advise_huge_pages(p.grad_log_scale.mutable_data_ptr(), p.grad_log_scale.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
       using student_t = typename decltype(s)::type;
       using teacher_t = typename decltype(t)::type;
-      logit_nll_rows<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p, laplace, norm, temperature, min_scale);
+      using acc_t = loss_acc_t<student_t, teacher_t>;
+      if constexpr (std::is_same_v<acc_t, float>) {
+        return logit_nll_rows_simd<student_t, teacher_t>(p, laplace, norm, temperature, min_scale);
+      }
+      logit_nll_rows<student_t, teacher_t, acc_t>(p, laplace, norm, temperature, min_scale);
     });
   }
   return {p.loss, p.grad, p.grad_log_scale};

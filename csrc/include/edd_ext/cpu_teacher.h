@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstdint>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "edd_ext/logit_math.h"
 #include "edd_ext/softmax.h"
 
@@ -51,6 +55,23 @@ template <typename T>
 void zero_row(T* row, int64_t vocab) {
   if (row == nullptr) return;
   for (int64_t k = 0; k < vocab; ++k) row[k] = T(0);
+}
+
+// Asks the kernel to back a freshly allocated output (the gradient rows, written once by the loss kernels)
+// with transparent huge pages where the system leaves that to madvise: a 100 MB gradient then takes ~50
+// page faults instead of ~25k. Only whole 2 MiB pages inside the buffer are advised; advice only, so a
+// failure (or another OS) changes nothing.
+inline void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (data == nullptr || bytes < 2 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 // Positions per parallel task: about 32k teacher elements.

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "edd_ext/cpu/vec.h"
+#include "edd_ext/cpu/vec_math.h"
 #include "edd_ext/ensemble_math.h"
 
 namespace edd_ext {
@@ -23,24 +24,48 @@ struct TeacherOptions {
 
 // Member m's log-probabilities are l_mk = (u_mk / T - shift[m]) - log_sum[m]. Subtracting the maximum first
 // keeps l exact for large logits; the exponential sums are accumulated in double.
+// With `weights` ([M, V], optional) the SIMD body's w_mk = exp(u_mk / T - shift_m) are kept, and inv_sum_m =
+// 1 / sum_k w_mk, so that a later pass forms p_mk = w_mk inv_sum_m without a second exponential (within
+// ~2 ulp of exp(l_mk)).
 template <typename scalar_t>
 void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, float inv_t, float* shift,
-                        float* log_sum) {
+                        float* log_sum, float* weights = nullptr, float* inv_sum = nullptr) {
   const int64_t body = vocab - vocab % kLanes;
   for (int64_t m = 0; m < members; ++m) {
     const scalar_t* u = row + m * vocab;
-    VecF vmax(-std::numeric_limits<float>::infinity());
-    for (int64_t k = 0; k < body; k += kLanes) vmax = at::vec::maximum(vmax, load_float(u + k));
-    float mx = horizontal_max(vmax);
+    // the maximum need not propagate NaN: a NaN logit makes the exponential sum NaN
+    // (four independent chains: this pass streams the logits from memory)
+    const VecF lowest(-std::numeric_limits<float>::infinity());
+    VecF vmax[4] = {lowest, lowest, lowest, lowest};
+    int64_t k0 = 0;
+    for (; k0 + 4 * kLanes <= body; k0 += 4 * kLanes) {
+      for (int j = 0; j < 4; ++j) vmax[j] = fast_max(vmax[j], load_float(u + k0 + j * kLanes));
+    }
+    for (; k0 < body; k0 += kLanes) vmax[0] = fast_max(vmax[0], load_float(u + k0));
+    float mx = horizontal_max(fast_max(fast_max(vmax[0], vmax[1]), fast_max(vmax[2], vmax[3])));
     for (int64_t k = body; k < vocab; ++k) mx = std::max(mx, float(u[k]));
     mx *= inv_t;  // T > 0
     const VecF vt(inv_t), vmx(mx);
+    // u / T - max <= 0 (or NaN); T = 1 (the losses' teachers) skips the product, which is exact then
+    auto weight = [&](int64_t k) {
+      return exp_nonpositive((inv_t == 1.f ? load_float(u + k) : load_float(u + k) * vt) - vmx);
+    };
     ChunkedSum sum;
-    for (int64_t k = 0; k < body; k += kLanes) sum.push((load_float(u + k) * vt - vmx).exp());
+    if (weights != nullptr) {
+      float* w = weights + m * vocab;
+      for (int64_t k = 0; k < body; k += kLanes) {
+        const VecF e = weight(k);
+        e.store(w + k);
+        sum.push(e);
+      }
+    } else {
+      for (int64_t k = 0; k < body; k += kLanes) sum.push(weight(k));
+    }
     double total = sum.result();
     for (int64_t k = body; k < vocab; ++k) total += std::exp(double(float(u[k]) * inv_t - mx));
     shift[m] = mx;
     log_sum[m] = float(std::log(total));
+    if (inv_sum != nullptr) inv_sum[m] = float(1.0 / total);
   }
 }
 
@@ -51,14 +76,14 @@ struct TeacherBlock {
 };
 
 template <typename scalar_t>
-inline TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
+EDD_CPU_INLINE TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
                                   const float* shift, const float* log_sum, const TeacherOptions& o) {
   const VecF vt(o.inv_temperature);
   VecF sp(0.f), sl(0.f), spl(0.f), ml(-std::numeric_limits<float>::infinity());
   for (int64_t m = 0; m < members; ++m) {
     VecF l = (load_float(row + m * vocab + k) * vt - VecF(shift[m])) - VecF(log_sum[m]);
     if (o.smooth) l = logaddexp(l + VecF(o.log1m_eps), VecF(o.log_eps_over_v));
-    const VecF p = l.exp();
+    const VecF p = exp_fast(l);
     sp = sp + p;
     sl = sl + l;
     spl = at::vec::fmadd(p, l, spl);
@@ -70,7 +95,32 @@ inline TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_t member
   b.mean_log_prob = sl * inv_m;
   b.mean_p_log_p = spl * inv_m;
   const VecF zero(0.f);
-  b.log_mean_prob = VecF::blendv(ml - log_m, sp.log() - log_m, sp > zero);
+  b.log_mean_prob = VecF::blendv(ml - log_m, log_fast(sp) - log_m, sp > zero);
+  return b;
+}
+
+// teacher_block from the weights kept by member_normalizers (p_mk = w_mk inv_sum_m; no smoothing).
+template <typename scalar_t>
+EDD_CPU_INLINE TeacherBlock teacher_block_weighted(const scalar_t* row, const float* weights, const float* inv_sum,
+                                                   int64_t k, int64_t members, int64_t vocab, const float* shift,
+                                                   const float* log_sum, const TeacherOptions& o) {
+  const VecF vt(o.inv_temperature);
+  VecF sp(0.f), sl(0.f), spl(0.f), ml(-std::numeric_limits<float>::infinity());
+  for (int64_t m = 0; m < members; ++m) {
+    const VecF l = (load_float(row + m * vocab + k) * vt - VecF(shift[m])) - VecF(log_sum[m]);
+    const VecF p = VecF::loadu(weights + m * vocab + k) * VecF(inv_sum[m]);
+    sp = sp + p;
+    sl = sl + l;
+    spl = at::vec::fmadd(p, l, spl);
+    ml = at::vec::maximum(ml, l);
+  }
+  const VecF inv_m(o.inv_members), log_m(o.log_members);
+  TeacherBlock b;
+  b.mean_prob = sp * inv_m;
+  b.mean_log_prob = sl * inv_m;
+  b.mean_p_log_p = spl * inv_m;
+  const VecF zero(0.f);
+  b.log_mean_prob = VecF::blendv(ml - log_m, log_fast(sp) - log_m, sp > zero);
   return b;
 }
 

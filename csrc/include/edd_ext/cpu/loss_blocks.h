@@ -1,0 +1,200 @@
+// SIMD building blocks of the CPU loss kernels: kLanes classes at a time, in float32, each block the
+// vector transcription of a per-class function of the header math (dirichlet_math.h, logit_math.h) with the
+// same operations in the same order (the build does not contract a * b + c into FMAs), so that a kernel's
+// SIMD body and its scalar tail differ only by the vector special functions' rounding (vec_special.h).
+// Row sums are accumulated in double (ChunkedSum); the per-position scalars stay float64 as in the scalar
+// kernels. Used for float32/float16/bfloat16 students and teachers; float64 keeps the scalar path.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "edd_ext/cpu/teacher_rows.h"
+#include "edd_ext/cpu/vec.h"
+#include "edd_ext/cpu/vec_math.h"
+#include "edd_ext/cpu/vec_special.h"
+#include "edd_ext/dirichlet_math.h"
+#include "edd_ext/logit_math.h"
+#include "edd_ext/softmax.h"
+
+namespace edd_ext {
+namespace cpu {
+
+// The smallest model_offset c the SIMD Dirichlet kernels take: below it, alpha = exp(z) + c can underflow
+// and the scalar per-class functions switch to their small-argument forms (tiny_concentration), so those
+// positions route to the scalar kernels.
+constexpr double kMinSimdModelOffset = 1e-6;
+
+// e_k = exp(z_k) of a student row into `excess` (float32), and alpha_0 = sum_k e_k + c V summed in double
+// (as cpu::student_precision; 64 x kLanes terms of at most e^80 fit float32 before each flush).
+template <typename student_t>
+double student_excess_row(const student_t* z, int64_t vocab, double c, float* excess) {
+  const int64_t body = vocab - vocab % kLanes;
+  ChunkedSum sum;
+  for (int64_t k = 0; k < body; k += kLanes) {
+    const VecF e = exp_fast(load_float(z + k));
+    e.store(excess + k);
+    sum.push(e);
+  }
+  double total = sum.result();
+  for (int64_t k = body; k < vocab; ++k) {
+    excess[k] = math::exp_(float(z[k]));
+    total += double(excess[k]);
+  }
+  return total + c * double(vocab);
+}
+
+// The members' mean log-probability (1/M) sum_m l_mk at kLanes classes (inv_t = 1).
+template <typename teacher_t>
+EDD_CPU_INLINE VecF mean_log_prob_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, const float* shift,
+                                const float* log_sum, float inv_members) {
+  VecF l(0.f);
+  for (int64_t m = 0; m < members; ++m) {
+    l = l + ((load_float(row + m * vocab + k) - VecF(shift[m])) - VecF(log_sum[m]));
+  }
+  return l * VecF(inv_members);
+}
+
+// ---- EnD^2 (dirichlet_nll_class) ----
+struct NllConsts {
+  VecF c, c_minus_one, digamma_alpha0;
+};
+
+EDD_CPU_INLINE void dirichlet_nll_block(const VecF& e, const VecF& mean_log_prob, const NllConsts& k, VecF& loss,
+                                VecF& grad) {
+  const VecF alpha = e + k.c;
+  const VecGamma g = gamma_terms<true, true, false>(alpha);
+  loss = g.lgamma - (e + k.c_minus_one) * mean_log_prob;
+  grad = e * g.digamma - e * (k.digamma_alpha0 + mean_log_prob);
+}
+
+// ---- Proxy-Dirichlet KL (proxy_kl_class) ----
+struct ProxyConsts {
+  VecF c, c_minus_one, class_precision, target_offset, digamma_alpha0, digamma_beta0, grad_shift, inv_beta0;
+};
+
+template <math::ProxyMode kMode>
+EDD_CPU_INLINE void proxy_kl_block(const VecF& e, const VecF& mean_prob, const ProxyConsts& k, VecF& loss, VecF& grad) {
+  const VecF alpha = e + k.c;
+  if constexpr (kMode == math::ProxyMode::kForward) {
+    const VecF b = k.class_precision * mean_prob + k.target_offset;
+    const VecGamma ga = gamma_terms<true, true, false>(alpha);
+    const VecGamma gb = gamma_terms<true, true, false>(b);
+    loss = ga.lgamma - gb.lgamma + (b - alpha) * (gb.digamma - k.digamma_beta0);
+    grad = (e * ga.digamma - e * (gb.digamma + k.grad_shift)) * k.inv_beta0;
+  } else {
+    const VecGamma ga = gamma_family(alpha);
+    const VecF expected_log = ga.digamma - k.digamma_alpha0;
+    if constexpr (kMode == math::ProxyMode::kReverse) {
+      const VecF b = k.class_precision * mean_prob + k.target_offset;
+      const VecF diff = alpha - b;
+      loss = lgamma_only(b) - ga.lgamma + diff * expected_log;
+      grad = e * (ga.trigamma * diff - k.grad_shift) * k.inv_beta0;
+    } else {
+      const VecF diff = (e + k.c_minus_one) - k.class_precision * mean_prob;
+      loss = expected_log * diff - ga.lgamma;
+      grad = e * (ga.trigamma * diff - k.grad_shift) * k.inv_beta0;
+    }
+  }
+}
+
+// ---- Logit-space losses (gaussian_class, laplace_class) ----
+// Per-member normalisers of the targets x_mk = (u_mk / T - shift_m) - offset_m for every teacher_norm
+// (cpu_teacher.h, member_normalisers): log_softmax through member_normalizers; center sums u / T in double.
+template <typename teacher_t>
+void target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, float inv_t, math::TeacherNorm norm,
+                        float* shift, float* offset) {
+  if (norm == math::TeacherNorm::kLogSoftmax) return member_normalizers(row, members, vocab, inv_t, shift, offset);
+  const int64_t body = vocab - vocab % kLanes;
+  for (int64_t m = 0; m < members; ++m) {
+    offset[m] = 0.f;
+    shift[m] = 0.f;
+    if (norm != math::TeacherNorm::kCenter) continue;
+    const teacher_t* u = row + m * vocab;
+    ChunkedSum sum;
+    for (int64_t k = 0; k < body; k += kLanes) sum.push(load_float(u + k) * VecF(inv_t));
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) total += double(float(u[k]) * inv_t);
+    shift[m] = float(total / double(vocab));
+  }
+}
+
+template <typename teacher_t>
+EDD_CPU_INLINE VecF target_block(const teacher_t* row, int64_t m, int64_t k, int64_t vocab, float inv_t, const float* shift,
+                         const float* offset) {
+  return (load_float(row + m * vocab + k) * VecF(inv_t) - VecF(shift[m])) - VecF(offset[m]);
+}
+
+struct ScaleBlock {
+  VecF log_scale, inv_scale, ratio;
+};
+
+// student_scale: s = exp(rho) + s_min in log space (s_min = 0: one exponential).
+EDD_CPU_INLINE ScaleBlock scale_block(const VecF& rho, float log_min_scale, bool no_min_scale) {
+  ScaleBlock s;
+  if (no_min_scale) {
+    s.log_scale = rho;
+    s.inv_scale = exp_fast(rho.neg());
+    s.ratio = VecF(1.f);
+    return s;
+  }
+  s.log_scale = logaddexp(rho, VecF(log_min_scale));
+  s.inv_scale = exp_fast(s.log_scale.neg());
+  s.ratio = exp_fast(rho - s.log_scale);
+  return s;
+}
+
+struct LocScaleBlock {
+  VecF loss, grad_loc, grad_log_scale;
+};
+
+// Gaussian: the members' targets in centred form around member 0 (CentredMoments), then gaussian_class.
+template <typename teacher_t>
+EDD_CPU_INLINE LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
+                                    const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
+                                    float inv_members) {
+  const VecF pivot = target_block(row, 0, k, vocab, inv_t, shift, offset);
+  VecF sum_d(0.f);
+  for (int64_t m = 1; m < members; ++m) sum_d = sum_d + (target_block(row, m, k, vocab, inv_t, shift, offset) - pivot);
+  const VecF inv_m(inv_members);
+  const VecF mean_d = sum_d * inv_m;
+  VecF spread(0.f);
+  for (int64_t m = 0; m < members; ++m) {
+    const VecF d = (target_block(row, m, k, vocab, inv_t, shift, offset) - pivot) - mean_d;
+    spread = spread + d * d;
+  }
+  const VecF dev = (mu - pivot) - mean_d;
+  const VecF inv_var = s.inv_scale * s.inv_scale;
+  const VecF v = spread * inv_m + dev * dev;
+  const VecF z2 = v * inv_var;
+  LocScaleBlock out;
+  out.loss = s.log_scale + VecF(math::half_log_2pi<float>()) + VecF(0.5f) * z2;
+  out.grad_loc = dev * inv_var;
+  out.grad_log_scale = (VecF(1.f) - z2) * s.ratio;
+  return out;
+}
+
+// Laplace: sum_m |x_m - mu| and sum_m sign(x_m - mu), then laplace_class.
+template <typename teacher_t>
+EDD_CPU_INLINE LocScaleBlock laplace_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, float inv_t,
+                                   const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
+                                   float inv_members) {
+  const VecF zero(0.f), one(1.f);
+  VecF abs_sum(0.f), sign_sum(0.f);
+  for (int64_t m = 0; m < members; ++m) {
+    const VecF d = target_block(row, m, k, vocab, inv_t, shift, offset) - mu;
+    abs_sum = abs_sum + d.abs();
+    sign_sum = sign_sum + (VecF::blendv(zero, one, d > zero) - VecF::blendv(zero, one, d < zero));
+  }
+  const VecF inv_m(inv_members);
+  const VecF a = abs_sum * inv_m;
+  const VecF z1 = a * s.inv_scale;
+  LocScaleBlock out;
+  out.loss = s.log_scale + VecF(math::log_2<float>()) + z1;
+  out.grad_loc = sign_sum.neg() * inv_m * s.inv_scale;
+  out.grad_log_scale = (one - z1) * s.ratio;
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace edd_ext
