@@ -83,10 +83,12 @@ def main() -> None:
             student_mi = None  # EnD keeps only the ensemble mean: no knowledge uncertainty
         else:
             student_mi = E.uncertainty.dirichlet(z).mutual_information[mask]
-    if student_mi is not None:
-        rank = lambda v: v.argsort().argsort().double()  # noqa: E731
-        rho = torch.corrcoef(torch.stack([rank(teacher_mi), rank(student_mi)]))[0, 1]
-        print(f"Spearman correlation of student vs ensemble mutual information: {rho:.3f}")
+    if student_mi is None:
+        print("EnD distils only the ensemble mean: its student has no knowledge uncertainty to compare")
+        return
+    rank = lambda v: v.argsort().argsort().double()  # noqa: E731
+    rho = torch.corrcoef(torch.stack([rank(teacher_mi), rank(student_mi)]))[0, 1]
+    print(f"Spearman correlation of student vs ensemble mutual information: {rho:.3f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import math
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import DirichletUncertainty, EnsembleStats, Uncertainty

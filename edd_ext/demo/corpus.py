@@ -207,7 +207,7 @@ def synthetic_ood(test_src: List[Sentence], test_tgt: List[Sentence], dictionary
                   seed: int) -> Dict[str, List[Sentence]]:
     """OOD sources derived from any test set: ``permuted``, ``copy`` and ``noise``."""
     rng = np.random.default_rng([seed, 5])
-    permuted = [list(rng.permutation(s)) if len(s) > 1 else list(s) for s in test_src]
+    permuted = [[s[i] for i in rng.permutation(len(s))] for s in test_src]
     copy = [list(t) for t in test_tgt]
     content = dictionary.words[len(SPECIALS):]
     noise = [[content[i] for i in rng.integers(len(content), size=len(s))] for s in test_src]
@@ -220,6 +220,15 @@ def synthetic_ood(test_src: List[Sentence], test_tgt: List[Sentence], dictionary
 def read_lines(path: str) -> List[Sentence]:
     with open(path, encoding="utf-8") as f:
         return [line.split() for line in f]
+
+
+def add_ood_files(ood: Dict[str, List[Sentence]], paths: Sequence[str]) -> None:
+    """Add each OOD source file as a set named after the file (made unique)."""
+    for p in paths:
+        name = Path(p).stem
+        while name in ood:
+            name += "_"
+        ood[name] = read_lines(p)
 
 
 def file_corpus(train_src: str, train_tgt: str, test_src: str, test_tgt: str,
@@ -245,11 +254,7 @@ def file_corpus(train_src: str, train_tgt: str, test_src: str, test_tgt: str,
         words = words[:max(0, vocab - len(SPECIALS))]
     dictionary = Dictionary(words)
     ood = synthetic_ood(data["test_src"], data["test_tgt"], dictionary, seed)
-    for p in ood_src:
-        name = Path(p).stem
-        while name in ood:
-            name += "_"
-        ood[name] = read_lines(p)
+    add_ood_files(ood, ood_src)
     description = (f"files {train_src}/{train_tgt}: V={len(dictionary)}, {len(tr_s)} train / "
                    f"{len(data['test_src'])} test sentences")
     return Corpus(dictionary, tr_s, tr_t, data["test_src"], data["test_tgt"], ood, description)

@@ -93,7 +93,8 @@ class EnsembleSystem(System):
 
         def fn(u, y, chunk):
             res = _fields(_api.ensemble_uncertainty(u))
-            res["logp"] = torch.log_softmax(u.float(), -1).gather(-1, y[:, None, None].expand(-1, u.shape[-2], 1))[..., 0]
+            index = y[:, None, None].expand(-1, u.shape[-2], 1)
+            res["logp"] = torch.log_softmax(u.float(), -1).gather(-1, index)[..., 0]  # [N, M]
             return res
 
         return _chunked(fn, logits, tokens, per_row=logits.shape[-2] * logits.shape[-1] * 4)

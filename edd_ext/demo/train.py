@@ -114,7 +114,11 @@ def train_teacher(model: Seq2Seq, src, tgt, *, steps: int, batch_size: int, lr: 
 
 def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_logits: Tensor, stats,
                  mask: Tensor, logit_anchor: float = 1.0) -> Tensor:
-    """The library loss of ``method`` for one batch (teacher statistics computed once, shared)."""
+    """The library loss of ``method`` for one batch (teacher statistics computed once, shared).
+
+    Logit-space students: ``nll(loc, log_scale, teacher_logits) / V + logit_anchor * ensemble_kl(loc, stats)``
+    (see the module docstring).
+    """
     fn_name, _ = METHODS[method]
     loc, log_scale = outputs
     if log_scale is None:
@@ -176,7 +180,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
             info[name]["final_loss"] = value if i == 0 else 0.95 * prev + 0.05 * value
             info[name]["train_s"] += time.perf_counter() - t0
         if i % 10 == 0:
-            bar.set_postfix({k[:6]: f"{v['final_loss']:.3g}" for k, v in info.items()})
+            bar.set_postfix({k.split("-")[-1][:5]: f"{v['final_loss']:.3g}" for k, v in info.items()})
     for name, model in students.items():
         model.eval()
         info[name]["teacher_forward_s"] = shared_s
