@@ -24,9 +24,9 @@ from torch import Tensor
 
 from . import _loss_ops, _ops
 from . import reference as _reference
-from ._reduction import check_mask, check_reduction, reduce_loss
-from ._validation import check_choice, check_same_device, check_student_logits, check_teacher_logits
-from .reference import _check_loc_scale, _check_number, _check_stats
+from ._reduction import check_reduction, reduce_loss
+from ._validation import check_choice
+from .reference import _check_logit_inputs, _check_number, _check_teacher
 from .types import EnsembleStats
 
 __all__ = [
@@ -61,57 +61,6 @@ def _fused(device: torch.device) -> bool:
         )
         _warned_devices.add(device.type)
     return False
-
-
-def _check_teacher(student_name: str, student: Tensor, teacher: Teacher, mask: Optional[Tensor]) -> None:
-    """Structural checks of ``student [*, V]``, ``teacher`` and ``mask`` (the reference's, same wording)."""
-    check_student_logits(student_name, student)
-    if isinstance(teacher, EnsembleStats):
-        _check_stats("teacher", teacher)
-        if teacher.mean_probs.shape != student.shape:
-            raise ValueError(
-                f"teacher: expected EnsembleStats with mean_probs of shape {tuple(student.shape)} "
-                f"(that of {student_name}), got {tuple(teacher.mean_probs.shape)}"
-            )
-        tensors = {f"teacher.{f}": getattr(teacher, f) for f in EnsembleStats._fields[:-1]}
-    elif isinstance(teacher, Tensor):
-        check_teacher_logits("teacher", teacher)
-        if teacher.shape[:-2] != student.shape[:-1] or teacher.shape[-1] != student.shape[-1]:
-            expected = tuple(student.shape[:-1]) + ("M",) + tuple(student.shape[-1:])
-            raise ValueError(
-                f"teacher: expected [*, M, V] logits of shape {expected} to match {student_name} of shape "
-                f"{tuple(student.shape)} ([*, V]), got {tuple(teacher.shape)}"
-            )
-        tensors = {"teacher": teacher}
-    else:
-        raise ValueError(
-            f"teacher: expected a Tensor [*, M, V] of teacher logits or an EnsembleStats, "
-            f"got {type(teacher).__name__}"
-        )
-    check_same_device(**{student_name: student}, **tensors)
-    check_mask(mask, student.shape[:-1], student.device)
-
-
-def _check_logit_inputs(loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction):
-    check_reduction(reduction)
-    check_choice("teacher_norm", teacher_norm, TEACHER_NORMS)
-    _check_number("temperature", temperature, minimum=0.0, strict=True)
-    _check_number("min_scale", min_scale, minimum=0.0)
-    _check_loc_scale(loc, log_scale)
-    if isinstance(teacher_logits, EnsembleStats):
-        raise ValueError(
-            "teacher_logits: the logit-space losses need every member's logits [*, M, V]; "
-            "an EnsembleStats does not carry them"
-        )
-    check_teacher_logits("teacher_logits", teacher_logits)
-    if teacher_logits.shape[:-2] != loc.shape[:-1] or teacher_logits.shape[-1] != loc.shape[-1]:
-        expected = tuple(loc.shape[:-1]) + ("M",) + tuple(loc.shape[-1:])
-        raise ValueError(
-            f"teacher_logits: expected [*, M, V] logits of shape {expected} to match loc of shape "
-            f"{tuple(loc.shape)} ([*, V]), got {tuple(teacher_logits.shape)}"
-        )
-    check_same_device(loc=loc, teacher_logits=teacher_logits)
-    check_mask(mask, loc.shape[:-1], loc.device)
 
 
 def _teacher_parts(teacher: Teacher):

@@ -187,11 +187,9 @@ def _check_stats(name: str, stats: EnsembleStats) -> None:
             )
 
 
-def _resolve_teacher(
-    student_name: str, student: Tensor, teacher: Teacher, mask: Optional[Tensor]
-) -> tuple[Tensor, EnsembleStats]:
-    """Validate ``student [*, V]``, ``teacher`` and ``mask``; return the student (upcast, masked
-    positions set to 0) and the teacher's statistics (detached, same dtype, masked positions made finite)."""
+def _check_teacher(student_name: str, student: Tensor, teacher: Teacher, mask: Optional[Tensor]) -> torch.dtype:
+    """Structural checks of ``student [*, V]``, ``teacher`` and ``mask`` (shared with the fused losses);
+    returns the teacher's dtype."""
     check_student_logits(student_name, student)
     if isinstance(teacher, EnsembleStats):
         _check_stats("teacher", teacher)
@@ -219,7 +217,15 @@ def _resolve_teacher(
         )
     check_same_device(**{student_name: student}, **teacher_tensors)
     check_mask(mask, student.shape[:-1], student.device)
+    return teacher_dtype
 
+
+def _resolve_teacher(
+    student_name: str, student: Tensor, teacher: Teacher, mask: Optional[Tensor]
+) -> tuple[Tensor, EnsembleStats]:
+    """Validate ``student [*, V]``, ``teacher`` and ``mask``; return the student (upcast, masked
+    positions set to 0) and the teacher's statistics (detached, same dtype, masked positions made finite)."""
+    teacher_dtype = _check_teacher(student_name, student, teacher, mask)
     dtype = _compute_dtype(student.dtype, teacher_dtype)
     student = _fill_masked(student.to(dtype), mask, 0.0)
     if isinstance(teacher, Tensor):
@@ -483,6 +489,16 @@ def _resolve_logit_inputs(
     reduction: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Checks shared by the logit-space losses; returns (mu, rho, x) upcast, masked positions made finite."""
+    _check_logit_inputs(loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction)
+    dtype = _compute_dtype(loc.dtype, teacher_logits.dtype)
+    mu = _fill_masked(loc.to(dtype), mask, 0.0)
+    rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
+    u = _fill_masked(teacher_logits.detach().to(dtype), mask, 0.0)
+    return mu, rho, _logit_targets(u, teacher_norm, temperature)
+
+
+def _check_logit_inputs(loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction):
+    """Structural checks of the logit-space losses' arguments (shared with the fused losses)."""
     check_reduction(reduction)
     check_choice("teacher_norm", teacher_norm, TEACHER_NORMS)
     _check_number("temperature", temperature, minimum=0.0, strict=True)
@@ -502,12 +518,6 @@ def _resolve_logit_inputs(
         )
     check_same_device(loc=loc, teacher_logits=teacher_logits)
     check_mask(mask, loc.shape[:-1], loc.device)
-
-    dtype = _compute_dtype(loc.dtype, teacher_logits.dtype)
-    mu = _fill_masked(loc.to(dtype), mask, 0.0)
-    rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
-    u = _fill_masked(teacher_logits.detach().to(dtype), mask, 0.0)
-    return mu, rho, _logit_targets(u, teacher_norm, temperature)
 
 
 def logit_gaussian_nll(
