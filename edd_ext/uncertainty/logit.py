@@ -9,28 +9,14 @@ import torch
 from torch import Tensor
 
 from .. import _ops, _uncertainty_ops  # noqa: F401  (registers the fake kernels)
-from .._validation import check_choice, check_same_device, check_student_logits
+from .._validation import check_choice
+from ..reference import _check_loc_scale
 from ..types import Uncertainty
 
 __all__ = ["logit_distribution", "gaussian_epkl", "FAMILIES"]
 
 FAMILIES = ("gaussian", "laplace")
 _MAX_SAMPLES = 2**32
-
-
-def _check_loc_scale(loc: object, log_scale: object) -> None:
-    check_student_logits("loc", loc)
-    check_student_logits("log_scale", log_scale)
-    if log_scale.shape != loc.shape:
-        raise ValueError(
-            f"log_scale: expected the shape of loc {tuple(loc.shape)} ([*, V]), got {tuple(log_scale.shape)}"
-        )
-    if log_scale.dtype != loc.dtype:
-        raise ValueError(
-            f"log_scale: expected the dtype of loc ({loc.dtype}), got {log_scale.dtype} "
-            f"(shape {tuple(log_scale.shape)})"
-        )
-    check_same_device(loc=loc, log_scale=log_scale)
 
 
 def _check_real(name: str, value: object, *, minimum: float, strict: bool) -> None:
