@@ -138,3 +138,59 @@ def test_quick_preset_and_overrides():
         parse_args(["--train-src", "a.txt"])  # the four files go together
     with pytest.raises(SystemExit):
         parse_args(["--methods", "EnD,Unknown"])
+
+
+def _tiny_setup():
+    import torch
+    from edd_ext.demo.model import ModelConfig, Seq2Seq
+
+    corpus = demo_corpus.toy_corpus(vocab=60, train_size=64, test_size=4, seed=2, max_len=5)
+    d = corpus.dictionary
+    src = [d.encode(s) for s in corpus.train_src]
+    tgt = [d.encode(t) for t in corpus.train_tgt]
+    cfg = ModelConfig(vocab_size=len(d), d_model=16, nhead=2, layers=1, ffn=32, dropout=0.0, max_len=32)
+    torch.manual_seed(0)
+    teachers = [Seq2Seq(cfg).eval() for _ in range(2)]
+    return cfg, teachers, src, tgt
+
+
+def test_end2_student_starts_from_the_end_student():
+    import torch
+    from edd_ext.demo.model import Seq2Seq
+    from edd_ext.demo.train import train_students
+
+    cfg, teachers, src, tgt = _tiny_setup()
+    torch.manual_seed(1)
+    init = Seq2Seq(cfg).state_dict()
+    kw = dict(steps=3, batch_size=8, lr=1e-3, seed=0, progress=False)
+
+    def fresh():
+        m = Seq2Seq(cfg)
+        m.load_state_dict(init)
+        return m
+
+    # Alone: a private EnD student is trained first; only EnD2 is returned.
+    alone = {"EnD2": fresh()}
+    info = train_students(alone, teachers, src, tgt, end2_init="EnD", **kw)
+    assert list(info) == ["EnD2"] and info["EnD2"]["init"] == "EnD"
+    # Beside an EnD student from the same initialisation: the same EnD phase, so the same EnD2 result.
+    both = {"EnD": fresh(), "EnD2": fresh()}
+    info = train_students(both, teachers, src, tgt, end2_init="EnD", **kw)
+    assert list(info) == ["EnD", "EnD2"]
+    assert info["EnD2"]["train_s"] >= info["EnD"]["train_s"]
+    for (k, a), b in zip(alone["EnD2"].state_dict().items(), both["EnD2"].state_dict().values()):
+        assert torch.equal(a, b), k
+    # ... which differs from the EnD student (the Dirichlet-NLL phase moved it) and from a scratch EnD2.
+    assert not torch.equal(both["EnD2"].out_bias, both["EnD"].out_bias)
+    scratch = {"EnD2": fresh()}
+    train_students(scratch, teachers, src, tgt, end2_init="scratch", **kw)
+    assert not torch.equal(scratch["EnD2"].out_bias, both["EnD2"].out_bias)
+    with pytest.raises(ValueError, match="end2_init"):
+        train_students({"EnD2": fresh()}, teachers, src, tgt, end2_init="EnD-ish", **kw)
+
+
+def test_end2_init_flag():
+    assert parse_args([]).end2_init == "EnD"
+    assert parse_args(["--end2-init", "scratch"]).end2_init == "scratch"
+    with pytest.raises(SystemExit):
+        parse_args(["--end2-init", "warm"])

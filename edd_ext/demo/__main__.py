@@ -17,7 +17,7 @@ from .decode import DirichletSystem, EnsembleSystem, LogitSystem, System
 from .evaluate import evaluate_system, sample_translations
 from .model import ModelConfig, Seq2Seq
 from .report import build_table, columns, format_table, write_figure, write_json
-from .train import METHODS, train_students, train_teacher
+from .train import END2_INIT, METHODS, train_students, train_teacher
 
 #: Sizes of the default and the ``--quick`` runs; any option given on the command line wins.
 PRESETS = {
@@ -74,6 +74,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--logit-anchor", type=float, default=1.0,
                    help="weight of the EnD loss on the logit students' location; 0 trains them with the logit "
                         "NLL alone (default: %(default)s)")
+    p.add_argument("--end2-init", choices=END2_INIT, default="EnD",
+                   help="start of the EnD² student: the trained EnD student, then its own Dirichlet-NLL steps, or "
+                        "a random initialisation, where it collapses to a flat Dirichlet (default: %(default)s)")
     p.add_argument("--bleu-tokenize", default="none", help="sacrebleu tokenizer; the text is pre-tokenised "
                                                            "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -158,7 +161,8 @@ def run(args: argparse.Namespace) -> Dict:
         students[name] = Seq2Seq(cfg, log_scale_head=METHODS[name][1])
     student_info = train_students(students, teachers, src, tgt, steps=args.student_steps,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                  logit_anchor=args.logit_anchor, progress=progress)
+                                  logit_anchor=args.logit_anchor, end2_init=args.end2_init,
+                                  progress=progress)
     timings["students_s"] = time.perf_counter() - t0
     _log(f"[students] {timings['students_s']:.0f} s (teacher forward + ensemble_stats: "
          f"{next(iter(student_info.values()))['teacher_forward_s']:.0f} s); final losses: "
