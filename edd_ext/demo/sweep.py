@@ -76,6 +76,10 @@ def format_sweep(rows: List[Dict], sizes: Sequence[int]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _nan(x: Optional[float]) -> float:
+    return float("nan") if x is None else x
+
+
 def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int]) -> Optional[Path]:
     """Two panels against the vocabulary (log axis): BLEU relative to the ensemble, and OOD AUROC."""
     try:
@@ -87,19 +91,20 @@ def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int]) -> Op
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     systems = [s for s in dict.fromkeys(r["system"] for r in rows) if s != "single"]
-    for s in systems:
-        pts = sorted((r["vocab"], r) for r in rows if r["system"] == s)
-        style = dict(marker="o", linestyle="--" if s == "ensemble" else "-")
+    for i, s in enumerate(systems):
+        pts = sorted(((r["vocab"], r) for r in rows if r["system"] == s), key=lambda p: p[0])
+        style = dict(marker="o", color=f"C{i}", linestyle="--" if s == "ensemble" else "-")
         xs = [v for v, _ in pts]
         if s != "ensemble":
-            axes[0].plot(xs, [r["bleu_vs_ensemble"] for _, r in pts], label=s, **style)
-        axes[1].plot(xs, [r["auroc"] for _, r in pts], label=f"{s} ({pts[0][1]['auroc_measure']})", **style)
+            axes[0].plot(xs, [_nan(r["bleu_vs_ensemble"]) for _, r in pts], label=s, **style)
+        axes[1].plot(xs, [_nan(r["auroc"]) for _, r in pts], label=f"{s} ({pts[0][1]['auroc_measure']})", **style)
     axes[0].axhline(1.0, color="grey", linewidth=0.8)
     axes[0].set_ylabel("student BLEU / ensemble BLEU")
     axes[1].axhline(50.0, color="grey", linewidth=0.8)
     axes[1].set_ylabel("OOD AUROC (%), mean over OOD sets")
     for ax in axes:
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(list(sizes), [str(v) for v in sizes])
         ax.set_xlabel("vocabulary size V")
         ax.legend(fontsize=8)
