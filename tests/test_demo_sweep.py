@@ -17,10 +17,29 @@ ROOT = Path(edd_ext.__file__).resolve().parents[1]
 
 def test_sweep_options():
     args, rest = parse_sweep_args(["--vocab", "300,1000", "--quick", "--members", "2"])
-    assert args.sizes == [300, 1000] and rest == ["--quick", "--members", "2"]
-    for bad in (["--vocab", "a,b"], ["--vocab", "10"], ["--vocab", ""], ["--train-src", "x.txt"]):
+    assert args.sizes == [300, 1000] and args.flag == "--vocab" and rest == ["--quick", "--members", "2"]
+    assert parse_sweep_args([])[0].sizes == [300, 1000, 4000]
+    # Softmax-size sweep: --vocab is then the demo's fixed corpus size.
+    args, rest = parse_sweep_args(["--output-vocab", "1000,4000", "--vocab", "500", "--quick"])
+    assert args.sizes == [1000, 4000] and args.flag == "--output-vocab" and rest == ["--quick", "--vocab", "500"]
+    for bad in (["--vocab", "a,b"], ["--vocab", "10"], ["--vocab", ""], ["--train-src", "x.txt"],
+                ["--output-vocab", "x"]):
         with pytest.raises(SystemExit):
             parse_sweep_args(bad)
+
+
+def test_output_vocab_pads_the_softmax_only():
+    from edd_ext.demo.__main__ import load_corpus, parse_args
+
+    plain = load_corpus(parse_args(["--quick", "--vocab", "200", "--train-size", "50", "--test-size", "5"]))
+    padded = load_corpus(parse_args(["--quick", "--vocab", "200", "--train-size", "50", "--test-size", "5",
+                                     "--output-vocab", "260"]))
+    assert len(plain.dictionary) == 200 and len(padded.dictionary) == 260
+    assert padded.train_src == plain.train_src and padded.ood_src == plain.ood_src  # the same corpus
+    assert padded.dictionary.words[:200] == plain.dictionary.words
+    assert all(w.startswith("<unused") for w in padded.dictionary.words[200:])
+    with pytest.raises(SystemExit):
+        parse_args(["--vocab", "300", "--output-vocab", "200"])
 
 
 def _row(system, bleu, mi=None, tu=None):

@@ -50,6 +50,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sized("--members", int, "ensemble size M")
     sized("--vocab", int, "vocabulary size V: exact for the built-in corpus; for your files a cap, used only "
                           "when given")
+    g.add_argument("--output-vocab", type=int, default=None,
+                   help="softmax size: pad the dictionary to this many types with types that occur in no split "
+                        "(the rare tail of a real vocabulary); the corpus, and so the task, stays the same "
+                        "(default: no padding)")
     sized("--train-size", int, "built-in corpus: training sentences")
     sized("--test-size", int, "built-in corpus: sentences in the test set and in each OOD set")
     sized("--max-len", int, "built-in corpus: longest source sentence, in words (about)")
@@ -92,6 +96,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     files = [args.train_src, args.train_tgt, args.test_src, args.test_tgt]
     if any(files) and not all(files):
         p.error("--train-src, --train-tgt, --test-src and --test-tgt go together")
+    if args.output_vocab is not None and not args.train_src and args.output_vocab < args.vocab:
+        p.error(f"--output-vocab: expected at least --vocab ({args.vocab}), got {args.output_vocab}")
     if args.members < 1:
         p.error(f"--members: expected at least 1, got {args.members}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -104,11 +110,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def load_corpus(args: argparse.Namespace) -> Corpus:
     if args.train_src:
-        return file_corpus(args.train_src, args.train_tgt, args.test_src, args.test_tgt, args.ood_src,
-                           vocab=args.vocab_cap, seed=args.seed)
-    corpus = toy_corpus(vocab=args.vocab, train_size=args.train_size, test_size=args.test_size,
-                        seed=args.seed, max_len=args.max_len)
-    add_ood_files(corpus.ood_src, args.ood_src)
+        corpus = file_corpus(args.train_src, args.train_tgt, args.test_src, args.test_tgt, args.ood_src,
+                             vocab=args.vocab_cap, seed=args.seed)
+    else:
+        corpus = toy_corpus(vocab=args.vocab, train_size=args.train_size, test_size=args.test_size,
+                            seed=args.seed, max_len=args.max_len)
+        add_ood_files(corpus.ood_src, args.ood_src)
+    if args.output_vocab is not None:
+        corpus_types = len(corpus.dictionary)
+        corpus.dictionary.pad_to(args.output_vocab)
+        corpus.description += f"; softmax padded from {corpus_types} to {len(corpus.dictionary)} classes"
     return corpus
 
 

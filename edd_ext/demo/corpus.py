@@ -44,6 +44,19 @@ class Dictionary:
     def decode(self, ids: Sequence[int]) -> Sentence:
         return [self.words[i] for i in ids if i not in (PAD, BOS, EOS)]
 
+    def pad_to(self, size: int) -> None:
+        """Append types ``<unused0> <unused1> ...`` that no split contains until there are ``size`` types.
+
+        Widens the models' softmax (the number of classes every loss sums over) without changing the
+        corpus: the new classes are the never-seen tail that a real subword vocabulary has.
+        """
+        if size < len(self):
+            raise ValueError(f"output vocabulary: expected at least the corpus's {len(self)} types, got {size}")
+        for i in range(size - len(self)):
+            word = f"<unused{i}>"
+            self.index[word] = len(self.words)
+            self.words.append(word)
+
 
 @dataclass
 class Corpus:

@@ -2,6 +2,12 @@
 and OOD detection hold up as the vocabulary grows.
 
     python -m edd_ext.demo.sweep --vocab 300,1000,4000 [--output-dir DIR] [any demo option, e.g. --quick]
+    python -m edd_ext.demo.sweep --output-vocab 1000,4000,16000 --vocab 1000 [...]
+
+``--vocab LIST`` changes the built-in corpus with the vocabulary (more types, each seen less often, so the
+teachers' task changes too). ``--output-vocab LIST`` keeps one corpus (``--vocab``) and only widens the
+softmax with classes that never occur, the rare tail of a real subword vocabulary: the number of classes
+the losses sum over changes, the translation task does not.
 
 Every other option is passed to the demo unchanged (``python -m edd_ext.demo --help``), so all runs share
 the budget and the seed. Writes ``DIR/V<vocab>/results.json`` (+ ``.png``) for every run, ``DIR/sweep.json``
@@ -26,22 +32,43 @@ def parse_sweep_args(argv: Optional[List[str]] = None):
     """(sweep options, the demo options passed through)."""
     p = argparse.ArgumentParser(prog="python -m edd_ext.demo.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Any other option goes to the demo (python -m edd_ext.demo --help).")
-    p.add_argument("--vocab", default="300,1000,4000",
-                   help="comma-separated vocabulary sizes (default: %(default)s)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--vocab", dest="sizes_text", default=None,
+                      help="comma-separated vocabulary sizes of the built-in corpus (default: 300,1000,4000)")
+    what.add_argument("--output-vocab", dest="output_text", default=None,
+                      help="comma-separated softmax sizes for one corpus (its --vocab goes to the demo)")
     p.add_argument("--output-dir", default="sweep_output", help="where the runs and the sweep go "
                                                                 "(default: %(default)s)")
+    if argv is None:
+        argv = sys.argv[1:]
+    # "--vocab" is the swept option unless --output-vocab is, when it is the demo's fixed corpus size.
+    output_mode = any(a.startswith("--output-vocab") for a in argv)
+    fixed = []
+    if output_mode:
+        rest = []
+        it = iter(argv)
+        for a in it:
+            if a == "--vocab":
+                fixed += [a, next(it, "")]
+            elif a.startswith("--vocab="):
+                fixed.append(a)
+            else:
+                rest.append(a)
+        argv = rest
     args, demo_argv = p.parse_known_args(argv)
+    flag, text = ("--output-vocab", args.output_text) if output_mode else ("--vocab", "300,1000,4000" if args.sizes_text is None
+                                                                           else args.sizes_text)
     try:
-        sizes = [int(v) for v in args.vocab.split(",") if v.strip()]
+        sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        p.error(f"--vocab: expected comma-separated integers, got {args.vocab!r}")
+        p.error(f"{flag}: expected comma-separated integers, got {text!r}")
     if not sizes or min(sizes) < 50:
-        p.error(f"--vocab: expected sizes of at least 50, got {args.vocab!r}")
-    if any(a.startswith(("--vocab", "--output-dir", "--train-src", "--train-tgt", "--test-src", "--test-tgt"))
-           for a in demo_argv):
-        p.error("the sweep sets --vocab and --output-dir of each run and uses the built-in corpus")
-    args.sizes = sizes
-    return args, demo_argv
+        p.error(f"{flag}: expected sizes of at least 50, got {text!r}")
+    if any(a.startswith(("--vocab", "--output-vocab", "--output-dir", "--train-src", "--train-tgt", "--test-src",
+                         "--test-tgt")) for a in demo_argv):
+        p.error("the sweep sets the swept size and --output-dir of each run and uses the built-in corpus")
+    args.sizes, args.flag = sizes, flag
+    return args, demo_argv + fixed
 
 
 def summarise(payloads: Dict[int, Dict]) -> List[Dict]:
@@ -80,7 +107,8 @@ def _nan(x: Optional[float]) -> float:
     return float("nan") if x is None else x
 
 
-def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int]) -> Optional[Path]:
+def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int],
+                       title: str = "Vocabulary sweep") -> Optional[Path]:
     """Two panels against the vocabulary (log axis): BLEU relative to the ensemble, and OOD AUROC."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,7 +136,7 @@ def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int]) -> Op
         ax.set_xticks(list(sizes), [str(v) for v in sizes])
         ax.set_xlabel("vocabulary size V")
         ax.legend(fontsize=8)
-    fig.suptitle("Vocabulary sweep")
+    fig.suptitle(title)
     fig.savefig(path, dpi=110)
     return path
 
@@ -119,12 +147,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     payloads = {}
     for vocab in tqdm(args.sizes, desc="vocabulary sweep", leave=True, dynamic_ncols=True):
-        run_args = parse_args([*demo_argv, "--vocab", str(vocab), "--output-dir", str(out / f"V{vocab}")])
+        run_args = parse_args([*demo_argv, args.flag, str(vocab), "--output-dir", str(out / f"V{vocab}")])
         payloads[vocab] = run(run_args)
     rows = summarise(payloads)
     text = format_sweep(rows, args.sizes)
-    figure = write_sweep_figure(out / "sweep.png", rows, args.sizes)
-    write_json(out / "sweep.json", {"vocab": args.sizes, "demo_args": demo_argv, "rows": rows,
+    title = ("Vocabulary sweep (corpus vocabulary)" if args.flag == "--vocab" else
+             "Vocabulary sweep (softmax size, one corpus)")
+    figure = write_sweep_figure(out / "sweep.png", rows, args.sizes, title)
+    write_json(out / "sweep.json", {"vocab": args.sizes, "swept": args.flag, "demo_args": demo_argv, "rows": rows,
                                     "timings": {v: p["timings"] for v, p in payloads.items()},
                                     "figure": str(figure) if figure else None})
     print("\n" + text, flush=True)
