@@ -119,7 +119,8 @@ def load_corpus(args: argparse.Namespace) -> Corpus:
     if args.output_vocab is not None:
         corpus_types = len(corpus.dictionary)
         corpus.dictionary.pad_to(args.output_vocab)
-        corpus.description += f"; softmax padded from {corpus_types} to {len(corpus.dictionary)} classes"
+        if len(corpus.dictionary) > corpus_types:
+            corpus.description += f"; softmax padded from {corpus_types} to {len(corpus.dictionary)} classes"
     return corpus
 
 
