@@ -1,9 +1,7 @@
-"""The end-to-end demo (``python -m edd_ext.demo``): a reduced ``--quick`` run through the command line
-checks the shape of the results table and that every number in it is finite; smaller tests cover the
-corpus generator and the user-file path.
-
-The end-to-end runs use a much smaller configuration than ``--quick`` itself (tiny vocabulary, model and
-step counts) and take about 10-30 s each on a 2-core CPU.
+"""The end-to-end demo (``python -m edd_ext.demo``): the real ``--quick`` run through the command line
+(about 2 minutes on one core) checks the shape of the results table and that every number in it is finite;
+smaller runs (tiny vocabulary, model and step counts; 10-30 s each) cover reproducibility, the user-file
+path and the EnD² warm start; the corpus generator and the options are tested directly.
 """
 import json
 import math
@@ -26,12 +24,12 @@ TINY = ["--quick", "--vocab", "120", "--members", "2", "--train-size", "300", "-
         "--num-samples", "3", "--threads", "1", "--no-progress", "--seed", "3"]
 
 
-def _run_demo(args, tmp_path):
+def _run_demo(args, tmp_path, timeout=170):
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "edd_ext.demo", *args, "--output-dir", str(out)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=170)
+                          env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -72,6 +70,15 @@ def _check_results(out: Path, stdout: str, ood_sets):
 
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
+    out, stdout = _run_demo(["--quick", "--threads", "1", "--no-progress"], tmp_path, timeout=900)
+    results = _check_results(out, stdout, ["permuted", "copy", "noise", "foreign"])
+    assert results["vocab_size"] == PRESETS["quick"]["vocab"]
+    assert results["config"]["members"] == PRESETS["quick"]["members"]
+    assert results["students"]["EnD2"]["init"] == "EnD"
+
+
+@pytest.mark.slow
+def test_demo_tiny_end_to_end(tmp_path):
     out, stdout = _run_demo(TINY, tmp_path)
     results = _check_results(out, stdout, ["permuted", "copy", "noise", "foreign"])
     assert results["vocab_size"] == 120
