@@ -108,7 +108,7 @@ def _nan(x: Optional[float]) -> float:
 
 
 def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int],
-                       title: str = "Vocabulary sweep") -> Optional[Path]:
+                       title: str = "Vocabulary sweep", xlabel: str = "vocabulary size V") -> Optional[Path]:
     """Two panels against the vocabulary (log axis): BLEU relative to the ensemble, and OOD AUROC."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -134,7 +134,7 @@ def write_sweep_figure(path: Path, rows: List[Dict], sizes: Sequence[int],
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(list(sizes), [str(v) for v in sizes])
-        ax.set_xlabel("vocabulary size V")
+        ax.set_xlabel(xlabel)
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
@@ -151,9 +151,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         payloads[vocab] = run(run_args)
     rows = summarise(payloads)
     text = format_sweep(rows, args.sizes)
-    title = ("Vocabulary sweep (corpus vocabulary)" if args.flag == "--vocab" else
-             "Vocabulary sweep (softmax size, one corpus)")
-    figure = write_sweep_figure(out / "sweep.png", rows, args.sizes, title)
+    if args.flag == "--vocab":
+        title, xlabel = "Vocabulary sweep (corpus vocabulary)", "vocabulary size V"
+    else:
+        title, xlabel = "Vocabulary sweep (softmax size, one corpus)", "softmax size V (classes)"
+    figure = write_sweep_figure(out / "sweep.png", rows, args.sizes, title, xlabel)
     write_json(out / "sweep.json", {"vocab": args.sizes, "swept": args.flag, "demo_args": demo_argv, "rows": rows,
                                     "timings": {v: p["timings"] for v, p in payloads.items()},
                                     "figure": str(figure) if figure else None})
