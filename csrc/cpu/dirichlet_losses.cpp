@@ -182,7 +182,9 @@ inline void emit_block(const VecF& loss, const VecF& grad, const VecF& grad_scal
 }
 
 // EnD^2 with float32 math: e = exp(z) and alpha_0 in a first pass over the student (e kept in a scratch
-// row), then one class pass that forms the members' mean log-probability per block.
+// row); from logits, the members' normalisers, whose exponential pass also sums the shifted logits over the
+// members into a second scratch row; then one class pass over the two rows (the teacher's M rows are read
+// twice in all: for the maxima, then for the exponentials and the sum).
 template <typename student_t, typename teacher_t>
 void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
   const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
@@ -198,7 +200,7 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
   const float grad_scale = float(p.grad_scale);
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members), excess(vocab);
+    std::vector<float> shift(members), log_sum(members), excess(vocab), shifted_sum(logits != nullptr ? vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
       if (mask != nullptr && !mask[n]) {
@@ -211,15 +213,22 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
       const float digamma_alpha0 = float(math::digamma(alpha0));
       const cpu::NllConsts consts{VecF(c), VecF(c_minus_one), VecF(digamma_alpha0)};
       const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
-      if (logits != nullptr) cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data());
+      // from logits: l_k = (1/M) sum_m ((u_mk - shift_m) - log_sum_m) = (1/M) (D_k - sum_m log_sum_m), with
+      // D_k = sum_m (u_mk - shift_m) kept by the normaliser pass (the M rows are not read a third time)
+      float total_log_sum = 0.f;
+      if (logits != nullptr) {
+        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), nullptr, nullptr,
+                                shifted_sum.data());
+        for (int64_t m = 0; m < members; ++m) total_log_sum += log_sum[m];
+      }
+      const VecF vtotal_log_sum(total_log_sum), vinv_m(inv_m);
       const VecF vgrad_scale(grad_scale);
       cpu::ChunkedSum sum;
       VecF l, dz;
       for (int64_t k = 0; k < body; k += kLanes) {
-        const VecF mean_log_prob =
-            logits != nullptr
-                ? cpu::mean_log_prob_block(row, k, members, vocab, shift.data(), log_sum.data(), inv_m)
-                : cpu::load_float(row + k);
+        const VecF mean_log_prob = logits != nullptr
+                                       ? (VecF::loadu(shifted_sum.data() + k) - vtotal_log_sum) * vinv_m
+                                       : cpu::load_float(row + k);
         cpu::dirichlet_nll_block(VecF::loadu(excess.data() + k), mean_log_prob, consts, l, dz);
         emit_block(l, dz, vgrad_scale, g, k, sum);
       }
