@@ -58,9 +58,10 @@ def _backward_rows(rows):
     out = []
     for (impl, mode), full in list(last.items()):
         forward = last.get((impl, "forward"))
-        if mode == "full" and forward is not None and (impl, "backward") not in last:
+        # full <= forward: the backward drowned in the timing noise (a loaded machine); no row
+        if mode == "full" and forward is not None and (impl, "backward") not in last and full.ms > forward.ms:
             out.append(common.Row(full.op, "backward", impl, full.shape, full.dtype, full.device,
-                                  max(full.ms - forward.ms, 0.0), None, full.input_mib))
+                                  full.ms - forward.ms, None, full.input_mib))
     return out
 
 
