@@ -118,6 +118,8 @@ def add_ratios(rows: List[Row], ours: str = "edd_ext") -> None:
         if ours not in case:
             continue
         r = case[ours]
+        if r.ms <= 0:
+            continue
         if "eager" in case:
             r.speedup_vs_eager = case["eager"].ms / r.ms
         if "compiled" in case:

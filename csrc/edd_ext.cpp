@@ -17,32 +17,38 @@ TORCH_LIBRARY(edd_ext, m) {
   m.def("special_function(Tensor x, str name) -> Tensor");
 
   // ---- distillation losses (SPEC section 2) ----
-  // Each returns the per-position loss [*] (float32; float64 when the student or the teacher is float64)
-  // and, with compute_grad, its closed-form gradient with respect to the student tensor(s) [*, V] in the
-  // student's dtype (an empty [0] tensor otherwise). The teacher is either raw logits [*, M, V] or the rows
+  // Each returns the loss (float32; float64 when the student or the teacher is float64) under `reduction`:
+  // 0 = none, the per-position loss [*]; 1 = sum, 2 = mean over the unmasked positions (0 when none is),
+  // a 0-dim tensor; and, with compute_grad, the closed-form gradient of that output with respect to the
+  // student tensor(s) [*, V] in the student's dtype (an empty [0] tensor otherwise): of each position's own
+  // loss for none and sum, divided by the unmasked positions for mean. reuse_grad: the caller drops the gradient
+  // output (as the edd_ext.* wrappers do), so the registered backward may hand that very tensor to autograd or
+  // scale it in place when the graph is freed after it (edd_ext/_loss_ops.py); keep it False when holding it. The teacher is either raw logits [*, M, V] or the rows
   // of an EnsembleStats [*, V] (exactly one of them); it is a constant. Masked positions (mask [*] False)
   // get loss 0 and gradient 0 whatever they hold.
   //
   // EnD^2 (2.1): Dirichlet NLL of the members; from statistics it needs mean_log_probs.
   m.def(
       "dirichlet_nll(Tensor student_logits, Tensor? teacher_logits, Tensor? mean_log_probs, Tensor? mask,"
-      " float model_offset, bool compute_grad) -> (Tensor loss, Tensor grad)");
+      " float model_offset, int reduction, bool compute_grad, bool reuse_grad=False)"
+      " -> (Tensor loss, Tensor grad)");
   // Proxy-Dirichlet KL (2.2): direction "reverse" | "forward"; precision "mkl" | "epkl". From statistics it
   // needs mean_probs and teacher_measure [*], the ensemble's RMI (mkl) or EPKL (epkl).
   m.def(
       "proxy_dirichlet_kl(Tensor student_logits, Tensor? teacher_logits, Tensor? mean_probs, Tensor? teacher_measure,"
       " Tensor? mask, str direction, str precision, float model_offset, float target_offset, float eps,"
-      " float? max_precision, bool reference_code_compat, bool compute_grad) -> (Tensor loss, Tensor grad)");
+      " float? max_precision, bool reference_code_compat, int reduction, bool compute_grad, bool reuse_grad=False)"
+      " -> (Tensor loss, Tensor grad)");
   // Logit-space Gaussian / Laplace NLL (2.3): family "gaussian" | "laplace"; teacher_norm "log_softmax" |
   // "center" | "none".
   m.def(
       "logit_nll(Tensor loc, Tensor log_scale, Tensor teacher_logits, Tensor? mask, str family, str teacher_norm,"
-      " float temperature, float min_scale, bool compute_grad) -> (Tensor loss, Tensor grad_loc,"
-      " Tensor grad_log_scale)");
+      " float temperature, float min_scale, int reduction, bool compute_grad, bool reuse_grad=False)"
+      " -> (Tensor loss, Tensor grad_loc, Tensor grad_log_scale)");
   // EnD baseline (2.4): KL[pi^ || softmax(z)]; from statistics it needs mean_probs.
   m.def(
       "ensemble_kl(Tensor student_logits, Tensor? teacher_logits, Tensor? mean_probs, Tensor? mask,"
-      " bool compute_grad) -> (Tensor loss, Tensor grad)");
+      " int reduction, bool compute_grad, bool reuse_grad=False) -> (Tensor loss, Tensor grad)");
 
   // ---- student uncertainty (SPEC section 3) ----
   // student_logits [*, V] -> [*, 7] float64: total, data, mutual_information, epkl, rmi, precision,

@@ -2,10 +2,21 @@
 (``torch.ops.edd_ext.{dirichlet_nll, proxy_dirichlet_kl, logit_nll, ensemble_kl}``; schemas in
 ``csrc/edd_ext.cpp``).
 
-Each op computes the per-position loss ``[*]`` and, when asked (``compute_grad``), its closed-form gradient
-with respect to the student tensor(s) ``[*, V]`` in the same fused pass. The registered backward only scales
-that gradient by the incoming per-position gradient (a scalar broadcast for ``"sum"``/``"mean"``, a ``[*]``
-tensor for ``"none"``); masked positions are selected away (``torch.where``), never multiplied by zero.
+Each op computes the loss, reduced as asked (``"none"`` -> ``[*]``, ``"sum"``/``"mean"`` -> a scalar), and, when
+asked (``compute_grad``), its closed-form gradient with respect to the student tensor(s) ``[*, V]`` in the same
+fused pass, already divided by the number of unmasked positions for ``"mean"`` (masked rows are exactly 0).
+The registered backward only scales that gradient by the incoming gradient (a scalar for ``"sum"``/``"mean"``,
+a ``[*]`` tensor for ``"none"``; masked positions are selected away with ``torch.where``, never multiplied by
+zero).
+
+Memory: the wrappers below drop the op's gradient output and say so (``reuse_grad=True``), so the saved
+gradient has no reader but this backward when the graph is freed after it (``retain_graph=False``, no
+``create_graph``). The usual training step (``loss.backward()``, a CPU loss whose incoming gradient is exactly
+1) then hands the gradient the kernel wrote to autograd as it is: no second ``[*, V]`` buffer, no extra pass;
+any other incoming gradient scales it in place. Otherwise (a retained graph that may run backward again,
+``create_graph``, tracing under ``torch.compile``/functorch, a direct op call that keeps the gradient output)
+the backward returns a new tensor and the saved gradient stays untouched.
+
 The gradients are first order: the saved gradient is a constant of the backward graph, so these losses do
 not support double backward.
 """
@@ -26,22 +37,72 @@ def _loss_dtype(student: Tensor, teacher: Tensor) -> torch.dtype:
     return torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
 
 
-def _fake_outputs(student: Tensor, teacher: Tensor, compute_grad: bool, num_grads: int = 1):
-    loss = student.new_empty(student.shape[:-1], dtype=_loss_dtype(student, teacher))
+REDUCTION_CODES = {"none": 0, "sum": 1, "mean": 2}
+
+
+def _fake_outputs(student: Tensor, teacher: Tensor, reduction: int, compute_grad: bool, num_grads: int = 1):
+    shape = student.shape[:-1] if reduction == 0 else ()
+    loss = student.new_empty(shape, dtype=_loss_dtype(student, teacher))
     grads = tuple(student.new_empty(student.shape if compute_grad else (0,)) for _ in range(num_grads))
     return (loss, *grads)
 
 
-def _scaled(grad: Tensor, grad_loss: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """dL/dstudent = grad * dOut/dL, broadcast over the classes; zero where ``mask`` is False."""
+def _keep_graph() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph``); True when that cannot be told."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
+
+
+def _is_plain(t: Tensor) -> bool:
+    """A plain eager tensor: not a fake, functional, traced or functorch-wrapped one."""
+    if type(t) is not Tensor:
+        return False
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is None or not wrapped(t)
+
+
+def _saved_gradient_is_free(reuse_grad: bool, grad: Tensor, grad_loss: Tensor) -> bool:
+    """True when nothing can read the saved gradient after this backward: the op's caller dropped it
+    (``reuse_grad``), the graph is freed after this node (no ``retain_graph``), no graph of the backward is
+    built (no ``create_graph``), and no tracer is running."""
+    return (
+        reuse_grad
+        and not torch.is_grad_enabled()
+        and _is_plain(grad)
+        and _is_plain(grad_loss)
+        and not torch.compiler.is_compiling()
+        and not _keep_graph()
+    )
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor, mask: Optional[Tensor], reuse_grad: bool = False) -> Tensor:
+    """dOut/dstudent = grad * dOut/dLoss, broadcast over the classes; zero where ``mask`` is False.
+
+    ``grad`` already holds the reduction's factor (and zero rows where masked). When the saved gradient is free
+    (see ``_saved_gradient_is_free``) it is returned as is for an incoming gradient of exactly 1 (checked on CPU
+    only, where reading it costs no device synchronisation) and scaled in place otherwise; else a new tensor is
+    returned.
+    """
     if grad.dim() == 1 and grad.shape[0] == 0:
         raise RuntimeError(
             "edd_ext: the loss was computed without its gradient (no input required grad), but a backward "
             "pass reached it"
         )
-    if mask is not None:
+    per_position = grad_loss.dim() > 0
+    if per_position and mask is not None:
         grad_loss = torch.where(mask, grad_loss, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device))
-    return (grad * grad_loss.unsqueeze(-1)).to(grad.dtype)
+    factor = grad_loss.unsqueeze(-1) if per_position else grad_loss
+    if _saved_gradient_is_free(reuse_grad, grad, grad_loss):
+        if grad_loss.device.type == "cpu":
+            if per_position:
+                # masked rows of grad are exactly 0 already: their factor does not matter
+                ones = grad_loss == 1 if mask is None else (grad_loss == 1) | ~mask
+                if bool(ones.all()):
+                    return grad
+            elif float(grad_loss) == 1.0:
+                return grad
+        return grad.mul_(factor)
+    return (grad * factor).to(grad.dtype)
 
 
 def _requires_grad(*tensors: Tensor) -> bool:
@@ -57,49 +118,63 @@ if _ops.has_extension():
     # ---- fake kernels (shapes and dtypes only) ----
 
     @torch.library.register_fake("edd_ext::dirichlet_nll")
-    def _dirichlet_nll_fake(student_logits, teacher_logits, mean_log_probs, mask, model_offset, compute_grad):
+    def _dirichlet_nll_fake(student_logits, teacher_logits, mean_log_probs, mask, model_offset, reduction,
+                            compute_grad, reuse_grad=False):
         teacher = teacher_logits if teacher_logits is not None else mean_log_probs
-        return _fake_outputs(student_logits, teacher, compute_grad)
+        return _fake_outputs(student_logits, teacher, reduction, compute_grad)
 
     @torch.library.register_fake("edd_ext::proxy_dirichlet_kl")
     def _proxy_dirichlet_kl_fake(student_logits, teacher_logits, mean_probs, teacher_measure, mask, direction,
                                  precision, model_offset, target_offset, eps, max_precision, reference_code_compat,
-                                 compute_grad):
+                                 reduction, compute_grad, reuse_grad=False):
         teacher = teacher_logits if teacher_logits is not None else mean_probs
-        return _fake_outputs(student_logits, teacher, compute_grad)
+        return _fake_outputs(student_logits, teacher, reduction, compute_grad)
 
     @torch.library.register_fake("edd_ext::logit_nll")
     def _logit_nll_fake(loc, log_scale, teacher_logits, mask, family, teacher_norm, temperature, min_scale,
-                        compute_grad):
-        return _fake_outputs(loc, teacher_logits, compute_grad, num_grads=2)
+                        reduction, compute_grad, reuse_grad=False):
+        return _fake_outputs(loc, teacher_logits, reduction, compute_grad, num_grads=2)
 
     @torch.library.register_fake("edd_ext::ensemble_kl")
-    def _ensemble_kl_fake(student_logits, teacher_logits, mean_probs, mask, compute_grad):
+    def _ensemble_kl_fake(student_logits, teacher_logits, mean_probs, mask, reduction, compute_grad,
+                          reuse_grad=False):
         teacher = teacher_logits if teacher_logits is not None else mean_probs
-        return _fake_outputs(student_logits, teacher, compute_grad)
+        return _fake_outputs(student_logits, teacher, reduction, compute_grad)
 
-    # ---- autograd: the forward already computed dLoss/dStudent; the backward scales it ----
+    # ---- autograd: the forward already computed dOut/dStudent; the backward scales it ----
+
+    # The gradient outputs are non-differentiable; set_materialize_grads(False) keeps autograd from filling an
+    # [*, V] tensor of zeros as their incoming gradient on every backward.
 
     def _setup_one_grad(mask_index: int):
         def setup_context(ctx, inputs, output):
+            ctx.set_materialize_grads(False)
             ctx.mark_non_differentiable(*output[1:])
             ctx.save_for_backward(output[1], inputs[mask_index])
             ctx.num_inputs = len(inputs)
+            ctx.reuse_grad = bool(inputs[-1])
 
         return setup_context
 
     def _backward_one_grad(ctx, grad_loss, *unused):
+        if grad_loss is None:  # nothing reached the loss output
+            return (None,) * ctx.num_inputs
         grad, mask = ctx.saved_tensors
-        return (_scaled(grad, grad_loss, mask),) + (None,) * (ctx.num_inputs - 1)
+        return (_scaled(grad, grad_loss, mask, ctx.reuse_grad),) + (None,) * (ctx.num_inputs - 1)
 
     def _setup_logit(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(output[1], output[2], inputs[3])
         ctx.num_inputs = len(inputs)
+        ctx.reuse_grad = bool(inputs[-1])
 
     def _backward_logit(ctx, grad_loss, *unused):
+        if grad_loss is None:
+            return (None,) * ctx.num_inputs
         grad_loc, grad_log_scale, mask = ctx.saved_tensors
-        return (_scaled(grad_loc, grad_loss, mask), _scaled(grad_log_scale, grad_loss, mask)) + (None,) * (
+        return (_scaled(grad_loc, grad_loss, mask, ctx.reuse_grad),
+                _scaled(grad_log_scale, grad_loss, mask, ctx.reuse_grad)) + (None,) * (
             ctx.num_inputs - 2
         )
 
@@ -113,14 +188,14 @@ if _ops.has_extension():
     torch.library.register_autograd("edd_ext::logit_nll", _backward_logit, setup_context=_setup_logit)
 
 
-# ---- call wrappers: the per-position loss [*], with the gradient computed only when autograd needs it ----
+# ---- call wrappers: the reduced loss, with the gradient computed only when autograd needs it ----
 
 
 def dirichlet_nll(student_logits: Tensor, teacher_logits: Optional[Tensor], mean_log_probs: Optional[Tensor],
-                  mask: Optional[Tensor], model_offset: float) -> Tensor:
+                  mask: Optional[Tensor], model_offset: float, reduction: str) -> Tensor:
     loss, _ = torch.ops.edd_ext.dirichlet_nll(
         student_logits, _detach(teacher_logits), _detach(mean_log_probs), mask, float(model_offset),
-        _requires_grad(student_logits),
+        REDUCTION_CODES[reduction], _requires_grad(student_logits), True,
     )
     return loss
 
@@ -128,28 +203,29 @@ def dirichlet_nll(student_logits: Tensor, teacher_logits: Optional[Tensor], mean
 def proxy_dirichlet_kl(student_logits: Tensor, teacher_logits: Optional[Tensor], mean_probs: Optional[Tensor],
                        teacher_measure: Optional[Tensor], mask: Optional[Tensor], *, direction: str, precision: str,
                        model_offset: float, target_offset: float, eps: float, max_precision: Optional[float],
-                       reference_code_compat: bool) -> Tensor:
+                       reference_code_compat: bool, reduction: str) -> Tensor:
     loss, _ = torch.ops.edd_ext.proxy_dirichlet_kl(
         student_logits, _detach(teacher_logits), _detach(mean_probs), _detach(teacher_measure), mask, direction,
         precision, float(model_offset), float(target_offset), float(eps),
         None if max_precision is None else float(max_precision), bool(reference_code_compat),
-        _requires_grad(student_logits),
+        REDUCTION_CODES[reduction], _requires_grad(student_logits), True,
     )
     return loss
 
 
 def logit_nll(loc: Tensor, log_scale: Tensor, teacher_logits: Tensor, mask: Optional[Tensor], *, family: str,
-              teacher_norm: str, temperature: float, min_scale: float) -> Tensor:
+              teacher_norm: str, temperature: float, min_scale: float, reduction: str) -> Tensor:
     loss, _, _ = torch.ops.edd_ext.logit_nll(
         loc, log_scale, teacher_logits.detach(), mask, family, teacher_norm, float(temperature), float(min_scale),
-        _requires_grad(loc, log_scale),
+        REDUCTION_CODES[reduction], _requires_grad(loc, log_scale), True,
     )
     return loss
 
 
 def ensemble_kl(student_logits: Tensor, teacher_logits: Optional[Tensor], mean_probs: Optional[Tensor],
-                mask: Optional[Tensor]) -> Tensor:
+                mask: Optional[Tensor], reduction: str) -> Tensor:
     loss, _ = torch.ops.edd_ext.ensemble_kl(
-        student_logits, _detach(teacher_logits), _detach(mean_probs), mask, _requires_grad(student_logits)
+        student_logits, _detach(teacher_logits), _detach(mean_probs), mask, REDUCTION_CODES[reduction],
+        _requires_grad(student_logits), True
     )
     return loss

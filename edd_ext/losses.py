@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import _loss_ops, _ops
 from . import reference as _reference
-from ._reduction import check_reduction, reduce_loss
+from ._reduction import check_reduction
 from ._validation import check_choice
 from .reference import _check_logit_inputs, _check_number, _check_teacher
 from .types import EnsembleStats
@@ -99,10 +99,9 @@ def dirichlet_nll(
         return _reference.dirichlet_nll(student_logits, teacher, model_offset=model_offset, mask=mask,
                                         reduction=reduction)
     logits, stats = _teacher_parts(teacher)
-    loss = _loss_ops.dirichlet_nll(
-        student_logits, logits, None if stats is None else stats.mean_log_probs, mask, model_offset
+    return _loss_ops.dirichlet_nll(
+        student_logits, logits, None if stats is None else stats.mean_log_probs, mask, model_offset, reduction
     )
-    return reduce_loss(loss, mask, reduction)
 
 
 def proxy_dirichlet_kl(
@@ -169,8 +168,8 @@ def proxy_dirichlet_kl(
     if stats is not None:
         mean_probs = stats.mean_probs
         measure = stats.rmi if precision == "mkl" else stats.epkl
-    loss = _loss_ops.proxy_dirichlet_kl(student_logits, logits, mean_probs, measure, mask, **options)
-    return reduce_loss(loss, mask, reduction)
+    return _loss_ops.proxy_dirichlet_kl(student_logits, logits, mean_probs, measure, mask, reduction=reduction,
+                                        **options)
 
 
 def _logit_nll(family, loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction):
@@ -179,9 +178,8 @@ def _logit_nll(family, loc, log_scale, teacher_logits, teacher_norm, temperature
         fn = _reference.logit_gaussian_nll if family == "gaussian" else _reference.logit_laplace_nll
         return fn(loc, log_scale, teacher_logits, teacher_norm=teacher_norm, temperature=temperature,
                   min_scale=min_scale, mask=mask, reduction=reduction)
-    loss = _loss_ops.logit_nll(loc, log_scale, teacher_logits, mask, family=family, teacher_norm=teacher_norm,
-                               temperature=temperature, min_scale=min_scale)
-    return reduce_loss(loss, mask, reduction)
+    return _loss_ops.logit_nll(loc, log_scale, teacher_logits, mask, family=family, teacher_norm=teacher_norm,
+                               temperature=temperature, min_scale=min_scale, reduction=reduction)
 
 
 def logit_gaussian_nll(
@@ -264,5 +262,5 @@ def ensemble_kl(
     if not _fused(student_logits.device):
         return _reference.ensemble_kl(student_logits, teacher, mask=mask, reduction=reduction)
     logits, stats = _teacher_parts(teacher)
-    loss = _loss_ops.ensemble_kl(student_logits, logits, None if stats is None else stats.mean_probs, mask)
-    return reduce_loss(loss, mask, reduction)
+    return _loss_ops.ensemble_kl(student_logits, logits, None if stats is None else stats.mean_probs, mask,
+                                 reduction)

@@ -226,7 +226,7 @@ def test_teacher_requiring_grad_is_a_constant(name):
 
 def test_no_gradient_is_computed_without_autograd():
     z, u = O.randn(3, 5), O.randn(3, 2, 5)
-    loss, grad = torch.ops.edd_ext.dirichlet_nll(z, u, None, None, 1.0, False)
+    loss, grad = torch.ops.edd_ext.dirichlet_nll(z, u, None, None, 1.0, 0, False)
     assert loss.shape == (3,) and grad.shape == (0,)
     z.requires_grad_()
     with torch.no_grad():
@@ -295,18 +295,19 @@ def test_structural_errors_are_value_errors(call, match):
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: torch.ops.edd_ext.dirichlet_nll(Z, U, Z, None, 1.0, True), "exactly one of them, got both"),
-        (lambda: torch.ops.edd_ext.ensemble_kl(Z, None, None, None, True), "exactly one of them, got neither"),
-        (lambda: torch.ops.edd_ext.ensemble_kl(Z, None, torch.zeros(2, 4), None, True), r"mean_probs: expected the shape"),
+        (lambda: torch.ops.edd_ext.dirichlet_nll(Z, U, Z, None, 1.0, 2, True), "exactly one of them, got both"),
+        (lambda: torch.ops.edd_ext.ensemble_kl(Z, None, None, None, 2, True), "exactly one of them, got neither"),
+        (lambda: torch.ops.edd_ext.ensemble_kl(Z, None, torch.zeros(2, 4), None, 2, True), r"mean_probs: expected the shape"),
         (lambda: torch.ops.edd_ext.proxy_dirichlet_kl(Z, None, Z, None, None, "reverse", "mkl", 1.0, 1.0, 1e-7, None,
-                                                      False, True), "teacher_measure"),
+                                                      False, 2, True), "teacher_measure"),
         (lambda: torch.ops.edd_ext.proxy_dirichlet_kl(Z, U, None, None, None, "up", "mkl", 1.0, 1.0, 1e-7, None, False,
-                                                      True), "direction"),
-        (lambda: torch.ops.edd_ext.logit_nll(Z, Z, U, None, "cauchy", "none", 1.0, 0.0, True), "family"),
-        (lambda: torch.ops.edd_ext.logit_nll(Z, Z, torch.zeros(2, 3, 4), None, "gaussian", "none", 1.0, 0.0, True),
+                                                      2, True), "direction"),
+        (lambda: torch.ops.edd_ext.logit_nll(Z, Z, U, None, "cauchy", "none", 1.0, 0.0, 2, True), "family"),
+        (lambda: torch.ops.edd_ext.logit_nll(Z, Z, torch.zeros(2, 3, 4), None, "gaussian", "none", 1.0, 0.0, 2, True),
          r"teacher_logits: expected \[\*, M, V\] logits matching loc \[2, 5\]"),
-        (lambda: torch.ops.edd_ext.dirichlet_nll(Z, U, None, torch.ones(2, 5, dtype=torch.bool), 1.0, True),
+        (lambda: torch.ops.edd_ext.dirichlet_nll(Z, U, None, torch.ones(2, 5, dtype=torch.bool), 1.0, 2, True),
          r"mask: expected shape \[2\]"),
+        (lambda: torch.ops.edd_ext.ensemble_kl(Z, U, None, None, 3, True), r"reduction: expected 0 \(none\)"),
     ],
 )
 def test_op_level_checks_raise_value_errors(call, match):
@@ -351,17 +352,21 @@ def _op_cases(dtype, device):
     stats = edd_ext.ensemble_stats(u)
     mask = torch.tensor([[True, False, True], [True, True, False]], device=device)
     ops = torch.ops.edd_ext
-    yield ops.dirichlet_nll.default, (z, u, None, mask, 1.0, True)
+    # reduction: 0 none, 1 sum, 2 mean
+    yield ops.dirichlet_nll.default, (z, u, None, mask, 1.0, 2, True)
+    yield ops.dirichlet_nll.default, (z, u, None, mask, 1.0, 0, True)
     # compute_grad=False: no gradient is made, so the student must not require one
-    yield ops.dirichlet_nll.default, (z.detach(), None, stats.mean_log_probs, None, 0.5, False)
-    yield ops.proxy_dirichlet_kl.default, (z, u, None, None, mask, "reverse", "mkl", 1.0, 1.0, 1e-7, None, False, True)
+    yield ops.dirichlet_nll.default, (z.detach(), None, stats.mean_log_probs, None, 0.5, 1, False)
+    yield ops.proxy_dirichlet_kl.default, (z, u, None, None, mask, "reverse", "mkl", 1.0, 1.0, 1e-7, None, False, 2,
+                                           True)
     yield ops.proxy_dirichlet_kl.default, (z, None, stats.mean_probs, stats.epkl, None, "forward", "epkl", 0.5, 2.0,
-                                           1e-3, 50.0, False, True)
-    yield ops.proxy_dirichlet_kl.default, (z, u, None, None, None, "reverse", "mkl", 1.0, 1.0, 1e-7, None, True, True)
-    yield ops.ensemble_kl.default, (z, u, None, mask, True)
-    yield ops.ensemble_kl.default, (z.detach(), None, stats.mean_probs, None, False)
-    yield ops.logit_nll.default, (z, rho, u, mask, "gaussian", "log_softmax", 1.0, 0.0, True)
-    yield ops.logit_nll.default, (z, rho, u, None, "laplace", "center", 2.0, 0.1, True)
+                                           1e-3, 50.0, False, 1, True)
+    yield ops.proxy_dirichlet_kl.default, (z, u, None, None, None, "reverse", "mkl", 1.0, 1.0, 1e-7, None, True, 0,
+                                           True)
+    yield ops.ensemble_kl.default, (z, u, None, mask, 2, True)
+    yield ops.ensemble_kl.default, (z.detach(), None, stats.mean_probs, None, 0, False)
+    yield ops.logit_nll.default, (z, rho, u, mask, "gaussian", "log_softmax", 1.0, 0.0, 2, True)
+    yield ops.logit_nll.default, (z, rho, u, None, "laplace", "center", 2.0, 0.1, 1, True)
 
 
 def test_opcheck(device):

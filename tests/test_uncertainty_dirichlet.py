@@ -252,3 +252,54 @@ def test_cuda_matches_cpu(dtype):
     rtol = 1e-12 if dtype == torch.float64 else 1e-5
     for name in FIELDS:
         torch.testing.assert_close(getattr(b, name).cpu(), getattr(a, name), rtol=rtol, atol=0, msg=name)
+
+
+# ---- the CPU SIMD kernel (float32/float16/bfloat16 logits, model_offset >= 1e-6): 8 classes per step, the
+# scalar header math for the row tail; concentrations on both sides of its alpha = 8 switch in one vector.
+# Tolerances: 3e-6 relative (float32 math), 1e-6 absolute for data = total - mutual_information, which cancels ----
+
+
+@pytest.mark.parametrize("vocab", [8, 15, 17, 1029, 4099])
+@pytest.mark.parametrize("model_offset", [0.0, 1e-6, 0.3, 1.0, 3.0])
+@pytest.mark.parametrize("scale", [0.3, 3.0])
+def test_simd_kernel_matches_the_float64_oracle(vocab, model_offset, scale):
+    z = logits((5, vocab), torch.float32, scale=scale) + torch.tensor([[-4.0], [0.0], [2.0], [3.0], [6.0]])
+    got = edd_ext.uncertainty.dirichlet(z, model_offset=model_offset)
+    assert_matches(got, oracle(z, model_offset), rtol=3e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_simd_kernel_reduced_precision_inputs(dtype):
+    z = logits((4, 1000), dtype, scale=2.0)
+    assert_matches(edd_ext.uncertainty.dirichlet(z), oracle(z), rtol=3e-6, atol=1e-6)
+
+
+def test_simd_kernel_extreme_logits_in_the_vector_body():
+    pattern = [80.0, -1e4, 0.0, 3.0, 79.0, -30.0, 2.0, 7.9, 8.1, -1e4, 1.9, 2.1, 40.0, -5.0, 0.5, 80.0]
+    rows = [pattern + pattern[:3], [-1e4] * 17 + [80.0, 2.0], [2.07944] * 19, [-1e4] * 19]
+    z = torch.tensor(rows, dtype=torch.float32)
+    u = edd_ext.uncertainty.dirichlet(z)
+    for i, row in enumerate(rows):
+        want = mp_oracle([float(x) for x in z[i]])
+        for name in FIELDS:
+            got = getattr(u, name)[i].item()
+            assert math.isfinite(got) and got == pytest.approx(want[name], rel=1e-5, abs=1e-300), (i, name, got)
+
+
+def test_simd_kernel_ties_at_the_maximum_in_body_and_tail():
+    z = torch.zeros(2, 21)
+    z[0, [3, 9, 20]] = 5.0  # three tied maxima, one in the scalar tail
+    z[1, :] = 5.0  # every class tied
+    assert_matches(edd_ext.uncertainty.dirichlet(z), oracle(z), rtol=3e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("column", [5, 18])
+def test_simd_kernel_nan_stays_in_its_position(column):
+    z = logits((4, 19), torch.float32)
+    clean = edd_ext.uncertainty.dirichlet(z)
+    z[1, column] = float("nan")
+    u = edd_ext.uncertainty.dirichlet(z)
+    keep = torch.tensor([0, 2, 3])
+    for got, want in zip(u, clean):
+        assert torch.isnan(got[1])
+        assert torch.equal(got[keep], want[keep])

@@ -44,6 +44,7 @@ void dirichlet_nll_rows(const LossProblem& p, double model_offset) {
   const bool* mask = p.mask_data();
   acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const acc_t grad_scale = acc_t(p.grad_scale);
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> shift(members), offset(members);
@@ -63,7 +64,7 @@ void dirichlet_nll_rows(const LossProblem& p, double model_offset) {
           const math::ClassLossGrad<acc_t> t =
               math::dirichlet_nll_class(acc_t(z[k]), c, log_c, c_minus_one, mean_log_prob(k), digamma_alpha0);
           sum += double(t.loss);
-          if (g != nullptr) g[k] = student_t(t.grad);
+          if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
         }
       };
       if (logits != nullptr) {
@@ -104,6 +105,7 @@ void proxy_kl_rows(const LossProblem& p, const ProxyOptions& o) {
   const bool* mask = p.mask_data();
   acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const acc_t grad_scale = acc_t(p.grad_scale);
   const int measure_index = o.mkl ? 4 : 3;  // rmi, epkl in the ensemble measure order
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
@@ -155,7 +157,7 @@ void proxy_kl_rows(const LossProblem& p, const ProxyOptions& o) {
               math::proxy_kl_class(o.mode, acc_t(z[k]), c, log_c, acc_t(mean_probs[k]), class_precision, t_off,
                                    dig_a0, dig_b0, grad_shift, inv_beta0);
           sum += double(t.loss);
-          if (g != nullptr) g[k] = student_t(t.grad);
+          if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
         }
       };
       if (mean_probs_acc != nullptr) {
@@ -171,15 +173,18 @@ void proxy_kl_rows(const LossProblem& p, const ProxyOptions& o) {
 using cpu::kLanes;
 using cpu::VecF;
 
-// Stores one block's gradient (when computed) and pushes its loss terms.
+// Stores one block's gradient (when computed, times the reduction's factor) and pushes its loss terms.
 template <typename student_t>
-inline void emit_block(const VecF& loss, const VecF& grad, student_t* g, int64_t k, cpu::ChunkedSum& sum) {
+inline void emit_block(const VecF& loss, const VecF& grad, const VecF& grad_scale, student_t* g, int64_t k,
+                       cpu::ChunkedSum& sum) {
   sum.push(loss);
-  if (g != nullptr) cpu::store_float(grad, g + k);
+  if (g != nullptr) cpu::store_float(grad * grad_scale, g + k);
 }
 
 // EnD^2 with float32 math: e = exp(z) and alpha_0 in a first pass over the student (e kept in a scratch
-// row), then one class pass that forms the members' mean log-probability per block.
+// row); from logits, the members' normalisers, whose exponential pass also sums the shifted logits over the
+// members into a second scratch row; then one class pass over the two rows (the teacher's M rows are read
+// twice in all: for the maxima, then for the exponentials and the sum).
 template <typename student_t, typename teacher_t>
 void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
   const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
@@ -192,9 +197,10 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
   const bool* mask = p.mask_data();
   float* loss = p.loss.mutable_data_ptr<float>();
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const float grad_scale = float(p.grad_scale);
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members), excess(vocab);
+    std::vector<float> shift(members), log_sum(members), excess(vocab), shifted_sum(logits != nullptr ? vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
       if (mask != nullptr && !mask[n]) {
@@ -207,16 +213,24 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
       const float digamma_alpha0 = float(math::digamma(alpha0));
       const cpu::NllConsts consts{VecF(c), VecF(c_minus_one), VecF(digamma_alpha0)};
       const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
-      if (logits != nullptr) cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data());
+      // from logits: l_k = (1/M) sum_m ((u_mk - shift_m) - log_sum_m) = (1/M) (D_k - sum_m log_sum_m), with
+      // D_k = sum_m (u_mk - shift_m) kept by the normaliser pass (the M rows are not read a third time)
+      float total_log_sum = 0.f;
+      if (logits != nullptr) {
+        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), nullptr, nullptr,
+                                shifted_sum.data());
+        for (int64_t m = 0; m < members; ++m) total_log_sum += log_sum[m];
+      }
+      const VecF vtotal_log_sum(total_log_sum), vinv_m(inv_m);
+      const VecF vgrad_scale(grad_scale);
       cpu::ChunkedSum sum;
       VecF l, dz;
       for (int64_t k = 0; k < body; k += kLanes) {
-        const VecF mean_log_prob =
-            logits != nullptr
-                ? cpu::mean_log_prob_block(row, k, members, vocab, shift.data(), log_sum.data(), inv_m)
-                : cpu::load_float(row + k);
+        const VecF mean_log_prob = logits != nullptr
+                                       ? (VecF::loadu(shifted_sum.data() + k) - vtotal_log_sum) * vinv_m
+                                       : cpu::load_float(row + k);
         cpu::dirichlet_nll_block(VecF::loadu(excess.data() + k), mean_log_prob, consts, l, dz);
-        emit_block(l, dz, g, k, sum);
+        emit_block(l, dz, vgrad_scale, g, k, sum);
       }
       double total = sum.result();
       for (int64_t k = body; k < vocab; ++k) {
@@ -231,7 +245,7 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
         const math::ClassLossGrad<float> t =
             math::dirichlet_nll_class(float(z[k]), c, log_c, c_minus_one, mean_log_prob, digamma_alpha0);
         total += double(t.loss);
-        if (g != nullptr) g[k] = student_t(t.grad);
+        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
       }
       loss[n] = float(total - math::lgamma(alpha0));
     }
@@ -255,6 +269,7 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
   const bool* mask = p.mask_data();
   float* loss = p.loss.mutable_data_ptr<float>();
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const float grad_scale = float(p.grad_scale);
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
     std::vector<float> shift(members), log_sum(members), inv_sum(members), excess(vocab);
@@ -313,11 +328,12 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
       auto mean_prob_at = [&](int64_t k) {
         return logits != nullptr ? VecF::loadu(scratch.data() + k) : cpu::load_float(mean_probs_row + k);
       };
+      const VecF vgrad_scale(grad_scale);
       cpu::ChunkedSum sum;
       VecF l, dz;
       for (int64_t k = 0; k < body; k += kLanes) {
         cpu::proxy_kl_block<kMode>(VecF::loadu(excess.data() + k), mean_prob_at(k), consts, l, dz);
-        emit_block(l, dz, g, k, sum);
+        emit_block(l, dz, vgrad_scale, g, k, sum);
       }
       double total = sum.result();
       for (int64_t k = body; k < vocab; ++k) {
@@ -326,7 +342,7 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
             math::proxy_kl_class(kMode, float(z[k]), c, log_c, mean_prob, class_precision, t_off, dig_a0, dig_b0,
                                  grad_shift, inv_beta0);
         total += double(t.loss);
-        if (g != nullptr) g[k] = student_t(t.grad);
+        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
       }
       loss[n] = float((total + s.loss_shift) * s.inv_beta0);
     }
@@ -349,10 +365,12 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cpu(const at::Tensor& student_l
                                                      const c10::optional<at::Tensor>& teacher_logits,
                                                      const c10::optional<at::Tensor>& mean_log_probs,
                                                      const c10::optional<at::Tensor>& mask, double model_offset,
-                                                     bool compute_grad) {
+                                                     int64_t reduction, bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   check_nonnegative_option(model_offset, "model_offset");
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_log_probs, "mean_log_probs",
-                                       c10::nullopt, nullptr, mask, compute_grad);
+                                       c10::nullopt, nullptr, mask, reduction, compute_grad);
+  p.grad_scale = host_grad_scale(p);
   if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
@@ -365,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cpu(const at::Tensor& student_l
       dirichlet_nll_rows<student_t, teacher_t, acc_t>(p, model_offset);
     });
   }
-  return {p.loss, p.grad};
+  return {reduced_loss(p), p.grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cpu(
@@ -373,11 +391,13 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cpu(
     const c10::optional<at::Tensor>& mean_probs, const c10::optional<at::Tensor>& teacher_measure,
     const c10::optional<at::Tensor>& mask, c10::string_view direction, c10::string_view precision,
     double model_offset, double target_offset, double eps, c10::optional<double> max_precision,
-    bool reference_code_compat, bool compute_grad) {
+    bool reference_code_compat, int64_t reduction, bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   const ProxyOptions o = parse_proxy_options(direction, precision, model_offset, target_offset, eps, max_precision,
                                              reference_code_compat);
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", teacher_measure,
-                                       "teacher_measure", mask, compute_grad);
+                                       "teacher_measure", mask, reduction, compute_grad);
+  p.grad_scale = host_grad_scale(p);
   if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
@@ -390,7 +410,7 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cpu(
                                proxy_kl_rows<student_t, teacher_t, acc_t>(p, o);
                              });
   }
-  return {p.loss, p.grad};
+  return {reduced_loss(p), p.grad};
 }
 
 }  // namespace

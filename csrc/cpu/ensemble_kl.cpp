@@ -35,6 +35,7 @@ void ensemble_kl_rows(const LossProblem& p) {
   const bool* mask = p.mask_data();
   acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const acc_t grad_scale = acc_t(p.grad_scale);
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> shift(members), offset(members);
@@ -56,7 +57,7 @@ void ensemble_kl_rows(const LossProblem& p) {
           mean_prob_and_log(k, mean_prob, log_mean_prob);
           const math::KLClass<acc_t> t = math::ensemble_kl_class(acc_t(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
           sum += double(t.loss);
-          if (g != nullptr) g[k] = student_t(t.grad);
+          if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
         }
       };
       if (logits != nullptr) {
@@ -105,6 +106,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
   const bool* mask = p.mask_data();
   float* loss = p.loss.mutable_data_ptr<float>();
   student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  const float grad_scale = float(p.grad_scale);
 
   at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
     std::vector<float> shift(members), log_sum(members), inv_sum(members), weights(logits != nullptr ? members * vocab : 0);
@@ -122,7 +124,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
       if (logits != nullptr) {
         cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
       }
-      const VecF vz_max(z_max), vz_log_sum(z_log_sum);
+      const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
       cpu::ChunkedSum sum;
       VecF l, dz;
       for (int64_t k = 0; k < body; k += kLanes) {
@@ -140,7 +142,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
         }
         ensemble_kl_block(cpu::load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
         sum.push(l);
-        if (g != nullptr) cpu::store_float(dz, g + k);
+        if (g != nullptr) cpu::store_float(dz * vgrad_scale, g + k);
       }
       double total = sum.result();
       for (int64_t k = body; k < vocab; ++k) {
@@ -156,7 +158,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
         }
         const math::KLClass<float> t = math::ensemble_kl_class(float(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
         total += double(t.loss);
-        if (g != nullptr) g[k] = student_t(t.grad);
+        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
       }
       loss[n] = float(total);
     }
@@ -166,9 +168,12 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
 std::tuple<at::Tensor, at::Tensor> ensemble_kl_cpu(const at::Tensor& student_logits,
                                                    const c10::optional<at::Tensor>& teacher_logits,
                                                    const c10::optional<at::Tensor>& mean_probs,
-                                                   const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                                   const c10::optional<at::Tensor>& mask, int64_t reduction,
+                                                   bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", c10::nullopt,
-                                       nullptr, mask, compute_grad);
+                                       nullptr, mask, reduction, compute_grad);
+  p.grad_scale = host_grad_scale(p);
   if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.positions > 0) {
     dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
@@ -179,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> ensemble_kl_cpu(const at::Tensor& student_log
       ensemble_kl_rows<student_t, teacher_t, acc_t>(p);
     });
   }
-  return {p.loss, p.grad};
+  return {reduced_loss(p), p.grad};
 }
 
 }  // namespace

@@ -61,6 +61,7 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
   const teacher_t* logits = p.teacher_logits.const_data_ptr<teacher_t>();
   const bool* mask = p.mask_data();
   acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
+  const acc_t grad_scale = acc_t(p.grad_scale);
   student_t* grad_loc = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   student_t* grad_log_scale = p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
 
@@ -86,8 +87,8 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
                                                                    acc_t(rho_row[k]), log_min_scale, inv_m);
         sum += double(t.loss);
         if (g_loc != nullptr) {
-          g_loc[k] = student_t(t.grad_loc);
-          g_rho[k] = student_t(t.grad_log_scale);
+          g_loc[k] = student_t(t.grad_loc * grad_scale);
+          g_rho[k] = student_t(t.grad_log_scale * grad_scale);
         }
       }
       loss[n] = acc_t(sum);
@@ -110,6 +111,8 @@ void logit_nll_rows_simd(const LossProblem& p, bool laplace, math::TeacherNorm n
   const teacher_t* logits = p.teacher_logits.const_data_ptr<teacher_t>();
   const bool* mask = p.mask_data();
   float* loss = p.loss.mutable_data_ptr<float>();
+  const VecF vgrad_scale(float(p.grad_scale));
+  const float grad_scale = float(p.grad_scale);
   student_t* grad_loc = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   student_t* grad_log_scale = p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
 
@@ -137,8 +140,8 @@ void logit_nll_rows_simd(const LossProblem& p, bool laplace, math::TeacherNorm n
                     : cpu::gaussian_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m);
         sum.push(t.loss);
         if (g_loc != nullptr) {
-          cpu::store_float(t.grad_loc, g_loc + k);
-          cpu::store_float(t.grad_log_scale, g_rho + k);
+          cpu::store_float(t.grad_loc * vgrad_scale, g_loc + k);
+          cpu::store_float(t.grad_log_scale * vgrad_scale, g_rho + k);
         }
       }
       double total = sum.result();
@@ -148,8 +151,8 @@ void logit_nll_rows_simd(const LossProblem& p, bool laplace, math::TeacherNorm n
             logit_class<float>(laplace, target, members, k, float(mu_row[k]), float(rho_row[k]), log_min_scale, inv_m);
         total += double(t.loss);
         if (g_loc != nullptr) {
-          g_loc[k] = student_t(t.grad_loc);
-          g_rho[k] = student_t(t.grad_log_scale);
+          g_loc[k] = student_t(t.grad_loc * grad_scale);
+          g_rho[k] = student_t(t.grad_log_scale * grad_scale);
         }
       }
       loss[n] = float(total);
@@ -161,12 +164,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cpu(const at::Tensor& l
                                                              const at::Tensor& teacher_logits,
                                                              const c10::optional<at::Tensor>& mask,
                                                              c10::string_view family, c10::string_view teacher_norm,
-                                                             double temperature, double min_scale, bool compute_grad) {
+                                                             double temperature, double min_scale, int64_t reduction,
+                                                             bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   const bool laplace = parse_logit_family(family);
   const math::TeacherNorm norm = parse_teacher_norm(teacher_norm);
   check_positive_option(temperature, "temperature");
   check_nonnegative_option(min_scale, "min_scale");
-  LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, compute_grad);
+  LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, reduction, compute_grad);
+  p.grad_scale = host_grad_scale(p);
   if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
   if (p.compute_grad) cpu::advise_huge_pages(p.grad_log_scale.mutable_data_ptr(), p.grad_log_scale.nbytes());
   if (p.positions > 0) {
@@ -180,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cpu(const at::Tensor& l
       logit_nll_rows<student_t, teacher_t, acc_t>(p, laplace, norm, temperature, min_scale);
     });
   }
-  return {p.loss, p.grad, p.grad_log_scale};
+  return {reduced_loss(p), p.grad, p.grad_log_scale};
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// CPU kernels for the uncertainty of a student (SPEC section 3): the Dirichlet measures (two passes over
-// each position's V logits) and the Monte-Carlo measures of a Gaussian or Laplace distribution over logits.
+// CPU kernels for the uncertainty of a student (SPEC section 3): the Monte-Carlo measures of a Gaussian or
+// Laplace distribution over logits (the Dirichlet measures are in dirichlet_uncertainty.cpp).
 //
 // Logit distribution, per position (a task of at::parallel_for): samples are taken four at a time, the four
 // that one Philox call per class gives (edd_ext/philox.h). For each group the kernel
@@ -47,55 +47,6 @@ using math::Family;
 template <typename T>
 inline T larger(T a, T b) {
   return b > a ? b : a;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Dirichlet
-// ---------------------------------------------------------------------------------------------------
-
-template <typename scalar_t, typename acc_t>
-void dirichlet_rows(const DirichletProblem& p, const scalar_t* logits, double* out) {
-  const int64_t vocab = p.vocab;
-  const acc_t c = acc_t(p.offset), log_c = acc_t(p.log_offset);
-  const int64_t grain = std::max<int64_t>(1, 4096 / vocab);
-  at::parallel_for(0, p.positions, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* z = logits + n * vocab;
-      // Pass 1: ln alpha_0 = top + log1p(rest), top = ln alpha of the largest logit (logaddexp is monotone).
-      acc_t max_z = acc_t(z[0]);
-      for (int64_t k = 1; k < vocab; ++k) max_z = larger(max_z, acc_t(z[k]));
-      const acc_t top = math::log_concentration(max_z, log_c);
-      double rest = 0, ties = 0;  // alpha_k / alpha_top over the other classes; classes equal to the top
-      for (int64_t k = 0; k < vocab; ++k) {
-        const acc_t zk = acc_t(z[k]);
-        if (zk == max_z) {
-          ties += 1;
-        } else {
-          rest += double(math::exp_(math::log_concentration(zk, log_c) - top));
-        }
-      }
-      const math::DirichletScalars s = math::dirichlet_scalars(double(top), rest + (ties - 1));
-      // Pass 2: the per-class terms.
-      double sums[math::kNumDirichletSums] = {0, 0, 0, 0};
-      const acc_t log1p_rest = acc_t(s.log1p_rest), g0 = acc_t(s.g0);
-      for (int64_t k = 0; k < vocab; ++k) {
-        math::dirichlet_class_terms<acc_t>(acc_t(z[k]), c, log_c, top, log1p_rest, g0, sums);
-      }
-      math::dirichlet_finish(s, sums, vocab, out + n * math::kNumDirichletMeasures);
-    }
-  });
-}
-
-at::Tensor dirichlet_uncertainty_cpu(const at::Tensor& student_logits, double model_offset) {
-  DirichletProblem p = make_dirichlet_problem(student_logits, model_offset);
-  if (p.positions == 0) return p.out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty",
-                                  [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    dirichlet_rows<scalar_t, acc_t>(p, p.logits.const_data_ptr<scalar_t>(),
-                                                                    p.out.mutable_data_ptr<double>());
-                                  });
-  return p.out;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -400,7 +351,6 @@ at::Tensor philox_noise_cpu(const at::Tensor& positions, int64_t seed, int64_t n
 }  // namespace
 
 TORCH_LIBRARY_IMPL(edd_ext, CPU, m) {
-  m.impl("dirichlet_uncertainty", &dirichlet_uncertainty_cpu);
   m.impl("logit_distribution_uncertainty", &logit_distribution_uncertainty_cpu);
   m.impl("philox4x32", &philox4x32_cpu);
   m.impl("philox_noise", &philox_noise_cpu);

@@ -159,11 +159,12 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cuda(const at::Tensor& student_
                                                       const c10::optional<at::Tensor>& teacher_logits,
                                                       const c10::optional<at::Tensor>& mean_log_probs,
                                                       const c10::optional<at::Tensor>& mask, double model_offset,
-                                                      bool compute_grad) {
+                                                      int64_t reduction, bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   check_nonnegative_option(model_offset, "model_offset");
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_log_probs, "mean_log_probs",
-                                       c10::nullopt, nullptr, mask, compute_grad);
-  if (p.positions == 0) return {p.loss, p.grad};
+                                       c10::nullopt, nullptr, mask, reduction, compute_grad);
+  if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
   const Launch l = launch_for(p);
   dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
@@ -179,7 +180,8 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cuda(const at::Tensor& student_
         p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {p.loss, p.grad};
+  scale_grad_on_device(p);
+  return {reduced_loss(p), p.grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cuda(
@@ -187,12 +189,13 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cuda(
     const c10::optional<at::Tensor>& mean_probs, const c10::optional<at::Tensor>& teacher_measure,
     const c10::optional<at::Tensor>& mask, c10::string_view direction, c10::string_view precision,
     double model_offset, double target_offset, double eps, c10::optional<double> max_precision,
-    bool reference_code_compat, bool compute_grad) {
+    bool reference_code_compat, int64_t reduction, bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   const ProxyOptions o = parse_proxy_options(direction, precision, model_offset, target_offset, eps, max_precision,
                                              reference_code_compat);
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", teacher_measure,
-                                       "teacher_measure", mask, compute_grad);
-  if (p.positions == 0) return {p.loss, p.grad};
+                                       "teacher_measure", mask, reduction, compute_grad);
+  if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
   const Launch l = launch_for(p);
   dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
@@ -212,7 +215,8 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cuda(
         p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {p.loss, p.grad};
+  scale_grad_on_device(p);
+  return {reduced_loss(p), p.grad};
 }
 
 }  // namespace

@@ -75,10 +75,12 @@ __global__ void ensemble_kl_kernel(const student_t* __restrict__ student, const 
 std::tuple<at::Tensor, at::Tensor> ensemble_kl_cuda(const at::Tensor& student_logits,
                                                     const c10::optional<at::Tensor>& teacher_logits,
                                                     const c10::optional<at::Tensor>& mean_probs,
-                                                    const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                                    const c10::optional<at::Tensor>& mask, int64_t reduction,
+                                                    bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   LossProblem p = make_distill_problem(student_logits, teacher_logits, mean_probs, "mean_probs", c10::nullopt,
-                                       nullptr, mask, compute_grad);
-  if (p.positions == 0) return {p.loss, p.grad};
+                                       nullptr, mask, reduction, compute_grad);
+  if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
   const int64_t blocks = cuda::loss_blocks(p.positions, p.student.get_device());
   const int threads = cuda::threads_for(p.vocab);
@@ -95,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor> ensemble_kl_cuda(const at::Tensor& student_lo
         p.vocab, p.loss.mutable_data_ptr<acc_t>(), p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {p.loss, p.grad};
+  scale_grad_on_device(p);
+  return {reduced_loss(p), p.grad};
 }
 
 }  // namespace

@@ -82,13 +82,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cuda(const at::Tensor& 
                                                               const at::Tensor& teacher_logits,
                                                               const c10::optional<at::Tensor>& mask,
                                                               c10::string_view family, c10::string_view teacher_norm,
-                                                              double temperature, double min_scale, bool compute_grad) {
+                                                              double temperature, double min_scale, int64_t reduction,
+                                                              bool compute_grad,
+    bool /*reuse_grad: read by the Python backward only*/) {
   const bool laplace = parse_logit_family(family);
   const math::TeacherNorm norm = parse_teacher_norm(teacher_norm);
   check_positive_option(temperature, "temperature");
   check_nonnegative_option(min_scale, "min_scale");
-  LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, compute_grad);
-  if (p.positions == 0) return {p.loss, p.grad, p.grad_log_scale};
+  LossProblem p = make_logit_problem(loc, log_scale, teacher_logits, mask, reduction, compute_grad);
+  if (p.positions == 0) return {reduced_loss(p), p.grad, p.grad_log_scale};
   const c10::cuda::CUDAGuard guard(p.student.device());
   const int64_t blocks = cuda::loss_blocks(p.positions, p.student.get_device());
   const int threads = cuda::threads_for(p.vocab);
@@ -106,7 +108,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cuda(const at::Tensor& 
         p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {p.loss, p.grad, p.grad_log_scale};
+  scale_grad_on_device(p);
+  return {reduced_loss(p), p.grad, p.grad_log_scale};
 }
 
 }  // namespace

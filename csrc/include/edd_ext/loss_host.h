@@ -3,14 +3,18 @@
 // things. The Python layer (edd_ext/losses.py) validates first with the same wording; these checks guard
 // direct torch.ops.edd_ext.* calls.
 //
-// Every loss op returns the per-position loss [*] (float32, or float64 when the student or the teacher is
-// float64) and, when compute_grad is set, dLoss/dStudent [*, V] in the student's dtype (otherwise an empty
-// [0] tensor). Masked positions (mask == False) are skipped: loss 0 and gradient 0, whatever they hold.
+// Every loss op returns the loss (float32, or float64 when the student or the teacher is float64) reduced
+// as asked: per position [*] (reduction none), or their sum or mean over the unmasked positions [] (sum,
+// mean; the mean is 0 when none is unmasked); and, when compute_grad is set, the gradient of that output
+// with respect to the student [*, V] in the student's dtype (otherwise an empty [0] tensor): for none, of
+// each position's own loss; for mean, already divided by the number of unmasked positions. Masked positions
+// (mask == False) are skipped: loss 0 and gradient 0, whatever they hold.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <c10/util/Optional.h>
 
 #include <cmath>
@@ -24,6 +28,15 @@
 
 namespace edd_ext {
 
+// The loss ops' reduction argument.
+enum class Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
+
+inline Reduction parse_reduction(int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "reduction: expected 0 (none), 1 (sum) or 2 (mean), got ",
+                    reduction);
+  return static_cast<Reduction>(reduction);
+}
+
 struct LossProblem {
   at::Tensor student;          // [N, V] contiguous (loc for the logit losses)
   at::Tensor log_scale;        // [N, V] contiguous (logit losses only)
@@ -36,6 +49,10 @@ struct LossProblem {
   at::Tensor grad_log_scale;   // [*, V], or [0] (logit losses only)
   int64_t positions = 0, members = 0, vocab = 0;
   bool compute_grad = false;
+  Reduction reduction = Reduction::kNone;
+  // Factor the CPU kernels fold into every gradient element they write: 1 / (unmasked positions) for the
+  // mean, else 1 (host_grad_scale). The CUDA kernels write unscaled rows (scale_grad_on_device).
+  double grad_scale = 1.0;
 
   at::ScalarType teacher_type() const {
     return teacher_logits.defined() ? teacher_logits.scalar_type() : teacher_rows.scalar_type();
@@ -94,12 +111,14 @@ inline LossProblem make_distill_problem(const at::Tensor& student_logits,
                                         const c10::optional<at::Tensor>& teacher_logits,
                                         const c10::optional<at::Tensor>& teacher_rows, const char* rows_name,
                                         const c10::optional<at::Tensor>& teacher_measure, const char* measure_name,
-                                        const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                        const c10::optional<at::Tensor>& mask, int64_t reduction,
+                                        bool compute_grad) {
   check_student(student_logits, "student_logits");
   TORCH_CHECK_VALUE(teacher_logits.has_value() != teacher_rows.has_value(), "teacher_logits, ", rows_name,
                     ": expected exactly one of them, got ", teacher_logits.has_value() ? "both" : "neither");
   LossProblem p;
   p.compute_grad = compute_grad;
+  p.reduction = parse_reduction(reduction);
   p.student = student_logits.contiguous();
   p.vocab = student_logits.size(-1);
   p.positions = student_logits.numel() / p.vocab;
@@ -135,7 +154,7 @@ inline LossProblem make_distill_problem(const at::Tensor& student_logits,
 // loc, log_scale [*, V] and teacher logits [*, M, V].
 inline LossProblem make_logit_problem(const at::Tensor& loc, const at::Tensor& log_scale,
                                       const at::Tensor& teacher_logits, const c10::optional<at::Tensor>& mask,
-                                      bool compute_grad) {
+                                      int64_t reduction, bool compute_grad) {
   check_student(loc, "loc");
   check_student(log_scale, "log_scale");
   TORCH_CHECK_VALUE(log_scale.sizes() == loc.sizes(), "log_scale: expected the shape of loc ", shape_str(loc),
@@ -147,6 +166,7 @@ inline LossProblem make_logit_problem(const at::Tensor& loc, const at::Tensor& l
   check_mask(mask, loc, "loc");
   LossProblem p;
   p.compute_grad = compute_grad;
+  p.reduction = parse_reduction(reduction);
   p.student = loc.contiguous();
   p.log_scale = log_scale.contiguous();
   p.teacher_logits = teacher_logits.contiguous();
@@ -156,6 +176,36 @@ inline LossProblem make_logit_problem(const at::Tensor& loc, const at::Tensor& l
   if (mask.has_value()) p.mask = mask->contiguous();
   allocate_outputs(p, loc, 1, teacher_logits.scalar_type(), true);
   return p;
+}
+
+// CPU: the mean's 1 / max(unmasked positions, 1) (counting a host mask is free), else 1.
+inline double host_grad_scale(const LossProblem& p) {
+  if (p.reduction != Reduction::kMean) return 1.0;
+  const int64_t count = p.mask.defined() ? p.mask.sum().item<int64_t>() : p.positions;
+  return 1.0 / double(count > 1 ? count : 1);
+}
+
+// The number of unmasked positions as a 0-dim tensor of `dtype` on the inputs' device, at least 1 (no host
+// synchronisation on CUDA).
+inline at::Tensor unmasked_count(const LossProblem& p, at::ScalarType dtype) {
+  if (!p.mask.defined()) return at::scalar_tensor(double(p.positions > 1 ? p.positions : 1), p.loss.options().dtype(dtype));
+  return p.mask.sum().clamp_min(1).to(dtype);
+}
+
+// The op's loss output from the per-position losses (masked ones are 0): [*], their sum, or their mean.
+inline at::Tensor reduced_loss(const LossProblem& p) {
+  if (p.reduction == Reduction::kNone) return p.loss;
+  at::Tensor total = p.loss.sum();
+  if (p.reduction == Reduction::kSum) return total;
+  return total.div(unmasked_count(p, total.scalar_type()));
+}
+
+// CUDA: divides the gradient rows by the unmasked positions for the mean (on the device, no synchronisation).
+inline void scale_grad_on_device(const LossProblem& p) {
+  if (p.reduction != Reduction::kMean || !p.compute_grad) return;
+  const at::Tensor inv_count = unmasked_count(p, p.loss.scalar_type()).reciprocal();
+  p.grad.mul_(inv_count);
+  if (p.grad_log_scale.defined()) p.grad_log_scale.mul_(inv_count);
 }
 
 // Options of the proxy-Dirichlet KL, checked once for both backends.

@@ -44,17 +44,6 @@ double student_excess_row(const student_t* z, int64_t vocab, double c, float* ex
   return total + c * double(vocab);
 }
 
-// The members' mean log-probability (1/M) sum_m l_mk at kLanes classes (inv_t = 1).
-template <typename teacher_t>
-EDD_CPU_INLINE VecF mean_log_prob_block(const teacher_t* row, int64_t k, int64_t members, int64_t vocab, const float* shift,
-                                const float* log_sum, float inv_members) {
-  VecF l(0.f);
-  for (int64_t m = 0; m < members; ++m) {
-    l = l + ((load_float(row + m * vocab + k) - VecF(shift[m])) - VecF(log_sum[m]));
-  }
-  return l * VecF(inv_members);
-}
-
 // ---- EnD^2 (dirichlet_nll_class) ----
 struct NllConsts {
   VecF c, c_minus_one, digamma_alpha0;

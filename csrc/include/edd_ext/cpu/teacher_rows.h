@@ -26,10 +26,13 @@ struct TeacherOptions {
 // keeps l exact for large logits; the exponential sums are accumulated in double.
 // With `weights` ([M, V], optional) the SIMD body's w_mk = exp(u_mk / T - shift_m) are kept, and inv_sum_m =
 // 1 / sum_k w_mk, so that a later pass forms p_mk = w_mk inv_sum_m without a second exponential (within
-// ~2 ulp of exp(l_mk)).
+// ~2 ulp of exp(l_mk)). With `shifted_sum` ([V], optional, not with `weights`) the SIMD body's
+// sum_m (u_mk / T - shift_m) is written there, from the exponential pass's own arguments, so that a later pass
+// forms the members' mean log-probability from one row instead of reading the M rows again.
 template <typename scalar_t>
 void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, float inv_t, float* shift,
-                        float* log_sum, float* weights = nullptr, float* inv_sum = nullptr) {
+                        float* log_sum, float* weights = nullptr, float* inv_sum = nullptr,
+                        float* shifted_sum = nullptr) {
   const int64_t body = vocab - vocab % kLanes;
   for (int64_t m = 0; m < members; ++m) {
     const scalar_t* u = row + m * vocab;
@@ -47,11 +50,16 @@ void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, flo
     mx *= inv_t;  // T > 0
     const VecF vt(inv_t), vmx(mx);
     // u / T - max <= 0 (or NaN); T = 1 (the losses' teachers) skips the product, which is exact then
-    auto weight = [&](int64_t k) {
-      return exp_nonpositive((inv_t == 1.f ? load_float(u + k) : load_float(u + k) * vt) - vmx);
-    };
+    auto shifted = [&](int64_t k) { return (inv_t == 1.f ? load_float(u + k) : load_float(u + k) * vt) - vmx; };
+    auto weight = [&](int64_t k) { return exp_nonpositive(shifted(k)); };
     ChunkedSum sum;
-    if (weights != nullptr) {
+    if (shifted_sum != nullptr) {
+      for (int64_t k = 0; k < body; k += kLanes) {
+        const VecF d = shifted(k);
+        sum.push(exp_nonpositive(d));
+        (m == 0 ? d : VecF::loadu(shifted_sum + k) + d).store(shifted_sum + k);
+      }
+    } else if (weights != nullptr) {
       float* w = weights + m * vocab;
       for (int64_t k = 0; k < body; k += kLanes) {
         const VecF e = weight(k);
