@@ -32,32 +32,21 @@ def parse_sweep_args(argv: Optional[List[str]] = None):
     """(sweep options, the demo options passed through)."""
     p = argparse.ArgumentParser(prog="python -m edd_ext.demo.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Any other option goes to the demo (python -m edd_ext.demo --help).")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--vocab", dest="sizes_text", default=None,
-                      help="comma-separated vocabulary sizes of the built-in corpus (default: 300,1000,4000)")
-    what.add_argument("--output-vocab", dest="output_text", default=None,
-                      help="comma-separated softmax sizes for one corpus (its --vocab goes to the demo)")
+    p.add_argument("--vocab", dest="vocab_text", default=None,
+                   help="comma-separated vocabulary sizes of the built-in corpus (default: 300,1000,4000); with "
+                        "--output-vocab, the one corpus's size, passed to the demo")
+    p.add_argument("--output-vocab", dest="output_text", default=None,
+                   help="comma-separated softmax sizes for one corpus")
     p.add_argument("--output-dir", default="sweep_output", help="where the runs and the sweep go "
                                                                 "(default: %(default)s)")
-    if argv is None:
-        argv = sys.argv[1:]
-    # "--vocab" is the swept option unless --output-vocab is, when it is the demo's fixed corpus size.
-    output_mode = any(a.startswith("--output-vocab") for a in argv)
-    fixed = []
-    if output_mode:
-        rest = []
-        it = iter(argv)
-        for a in it:
-            if a == "--vocab":
-                fixed += [a, next(it, "")]
-            elif a.startswith("--vocab="):
-                fixed.append(a)
-            else:
-                rest.append(a)
-        argv = rest
     args, demo_argv = p.parse_known_args(argv)
-    flag, text = ("--output-vocab", args.output_text) if output_mode else ("--vocab", "300,1000,4000" if args.sizes_text is None
-                                                                           else args.sizes_text)
+    fixed = []
+    if args.output_text is not None:  # --vocab is then the demo's fixed corpus size
+        flag, text = "--output-vocab", args.output_text
+        if args.vocab_text is not None:
+            fixed = ["--vocab", args.vocab_text]
+    else:
+        flag, text = "--vocab", "300,1000,4000" if args.vocab_text is None else args.vocab_text
     try:
         sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
