@@ -50,11 +50,7 @@ void dirichlet_nll_rows(const LossProblem& p, double model_offset) {
     std::vector<acc_t> shift(members), offset(members);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = acc_t(0);
-        cpu::zero_row(g, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
       const student_t* z = student + n * vocab;
       const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, model_offset);
       const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0));
@@ -113,11 +109,7 @@ void proxy_kl_rows(const LossProblem& p, const ProxyOptions& o) {
     std::vector<acc_t> scratch(logits != nullptr ? vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = acc_t(0);
-        cpu::zero_row(g, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
       const student_t* z = student + n * vocab;
       double measure = 0, mass = 0;
       const acc_t* mean_probs_acc = nullptr;
@@ -203,11 +195,7 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
     std::vector<float> shift(members), log_sum(members), excess(vocab), shifted_sum(logits != nullptr ? vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = 0.f;
-        cpu::zero_row(g, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
       const student_t* z = student + n * vocab;
       const double alpha0 = cpu::student_excess_row(z, vocab, model_offset, excess.data());
       const float digamma_alpha0 = float(math::digamma(alpha0));
@@ -276,11 +264,7 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
     std::vector<float> scratch(logits != nullptr ? vocab : 0), weights(logits != nullptr ? members * vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = 0.f;
-        cpu::zero_row(g, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
       const student_t* z = student + n * vocab;
       double measure = 0, mass = 0;
       const teacher_t* mean_probs_row = nullptr;

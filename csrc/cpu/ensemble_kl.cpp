@@ -41,11 +41,7 @@ void ensemble_kl_rows(const LossProblem& p) {
     std::vector<acc_t> shift(members), offset(members);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = acc_t(0);
-        cpu::zero_row(g, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
       const student_t* z = student + n * vocab;
       math::OnlineLogSumExp<acc_t, double> student_lse;
       for (int64_t k = 0; k < vocab; ++k) student_lse.push(acc_t(z[k]));
@@ -112,11 +108,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
     std::vector<float> shift(members), log_sum(members), inv_sum(members), weights(logits != nullptr ? members * vocab : 0);
     for (int64_t n = begin; n < end; ++n) {
       student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = 0.f;
-        cpu::zero_row(g, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
       const student_t* z = student + n * vocab;
       float z_max, z_log_sum;
       cpu::member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);

@@ -70,12 +70,7 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
     for (int64_t n = begin; n < end; ++n) {
       student_t* g_loc = grad_loc != nullptr ? grad_loc + n * vocab : nullptr;
       student_t* g_rho = grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = acc_t(0);
-        cpu::zero_row(g_loc, vocab);
-        cpu::zero_row(g_rho, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g_loc, g_rho)) continue;
       const student_t* mu_row = locs + n * vocab;
       const student_t* rho_row = log_scales + n * vocab;
       const teacher_t* row = logits + n * members * vocab;
@@ -121,12 +116,7 @@ void logit_nll_rows_simd(const LossProblem& p, bool laplace, math::TeacherNorm n
     for (int64_t n = begin; n < end; ++n) {
       student_t* g_loc = grad_loc != nullptr ? grad_loc + n * vocab : nullptr;
       student_t* g_rho = grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr;
-      if (mask != nullptr && !mask[n]) {
-        loss[n] = 0.f;
-        cpu::zero_row(g_loc, vocab);
-        cpu::zero_row(g_rho, vocab);
-        continue;
-      }
+      if (cpu::skip_masked(mask, n, loss, vocab, g_loc, g_rho)) continue;
       const student_t* mu_row = locs + n * vocab;
       const student_t* rho_row = log_scales + n * vocab;
       const teacher_t* row = logits + n * members * vocab;

@@ -57,6 +57,16 @@ void zero_row(T* row, int64_t vocab) {
   for (int64_t k = 0; k < vocab; ++k) row[k] = T(0);
 }
 
+// The loss kernels' handling of a masked position n: true (the caller skips it) after writing its exact-zero
+// loss and zeroing its gradient rows (each may be nullptr); false for an unmasked position.
+template <typename acc_t, typename... Rows>
+bool skip_masked(const bool* mask, int64_t n, acc_t* loss, int64_t vocab, Rows*... rows) {
+  if (mask == nullptr || mask[n]) return false;
+  loss[n] = acc_t(0);
+  (zero_row(rows, vocab), ...);
+  return true;
+}
+
 // Asks the kernel to back a freshly allocated output (the gradient rows, written once by the loss kernels)
 // with transparent huge pages where the system leaves that to madvise: a 100 MB gradient then takes ~50
 // page faults instead of ~25k. Only whole 2 MiB pages inside the buffer are advised; advice only, so a
