@@ -23,10 +23,10 @@ if _ops.has_extension():
         dtype = torch.float64 if loc.dtype == torch.float64 else torch.float32
         return loc.new_empty((*lead, NUM_MEASURES), dtype=dtype)
 
-    @torch.library.register_fake("edd_ext::philox4x32")
+    @torch.library.register_fake("edd_ext_testing::philox4x32")
     def _philox4x32_fake(counters, seed):
         return torch.empty_like(counters)
 
-    @torch.library.register_fake("edd_ext::philox_noise")
+    @torch.library.register_fake("edd_ext_testing::philox_noise")
     def _philox_noise_fake(positions, seed, num_samples, vocab, family):
         return positions.new_empty((positions.shape[0], num_samples, vocab), dtype=torch.float32)
