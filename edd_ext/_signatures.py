@@ -128,17 +128,7 @@ def logit_gaussian_nll(
     """
 
 
-def logit_laplace_nll(
-    loc: Tensor,
-    log_scale: Tensor,
-    teacher_logits: Tensor,
-    *,
-    teacher_norm: str = "log_softmax",
-    temperature: float = 1.0,
-    min_scale: float = 0.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
+def logit_laplace_nll(loc: Tensor, log_scale: Tensor, teacher_logits: Tensor, **options) -> Tensor:
     """Laplace NLL of the members' normalised logits (SPEC section 2.3).
 
         L = sum_k [ ln s_k + ln 2 + a_k / s_k ],   a_k = (1/M) sum_m |x^(m)_k - mu_k|
@@ -165,6 +155,7 @@ def ensemble_kl(
     """
 
 
+logit_laplace_nll.__signature__ = inspect.signature(logit_gaussian_nll)  # the same keywords and defaults
 dirichlet_nll.__doc__ += _SHAPES.format(uses="``mean_log_probs``")
 proxy_dirichlet_kl.__doc__ += _SHAPES.format(uses="``mean_probs`` and ``rmi`` or ``epkl``")
 ensemble_kl.__doc__ += _SHAPES.format(uses="``mean_probs``")

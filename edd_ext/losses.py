@@ -30,20 +30,23 @@ _FUSED = """
 """
 
 
-@S.implements(S.dirichlet_nll, note=_FUSED)
-def dirichlet_nll(student_logits, teacher, *, mask, reduction, **options):
-    V.check_dirichlet_nll_options(reduction=reduction, **options)
-    V.check_teacher("student_logits", student_logits, teacher, mask)
-    fn = _ops.losses.dirichlet_nll if _ops.fused(student_logits) else reference.dirichlet_nll
-    return fn(student_logits, teacher, mask=mask, reduction=reduction, **options)
+def _categorical_loss(name: str, check_options):
+    """The public form of a loss of ``student_logits [*, V]`` against a categorical teacher (logits or stats)."""
+    fused_op, plain = getattr(_ops.losses, name), getattr(reference, name)
+
+    @S.implements(S.LOSSES[name], note=_FUSED)
+    def loss(student_logits, teacher, *, mask, reduction, **options):
+        check_options(reduction=reduction, **options)
+        V.check_teacher("student_logits", student_logits, teacher, mask)
+        fn = fused_op if _ops.fused(student_logits) else plain
+        return fn(student_logits, teacher, mask=mask, reduction=reduction, **options)
+
+    return loss
 
 
-@S.implements(S.proxy_dirichlet_kl, note=_FUSED)
-def proxy_dirichlet_kl(student_logits, teacher, *, mask, reduction, **options):
-    V.check_proxy_dirichlet_kl_options(reduction=reduction, **options)
-    V.check_teacher("student_logits", student_logits, teacher, mask)
-    fn = _ops.losses.proxy_dirichlet_kl if _ops.fused(student_logits) else reference.proxy_dirichlet_kl
-    return fn(student_logits, teacher, mask=mask, reduction=reduction, **options)
+dirichlet_nll = _categorical_loss("dirichlet_nll", V.check_dirichlet_nll_options)
+proxy_dirichlet_kl = _categorical_loss("proxy_dirichlet_kl", V.check_proxy_dirichlet_kl_options)
+ensemble_kl = _categorical_loss("ensemble_kl", V.check_ensemble_kl_options)
 
 
 def _logit_nll(family, loc, log_scale, teacher_logits, *, mask, reduction, **options):
@@ -65,11 +68,3 @@ def logit_gaussian_nll(loc, log_scale, teacher_logits, **options):
 @S.implements(S.logit_laplace_nll, note=_FUSED)
 def logit_laplace_nll(loc, log_scale, teacher_logits, **options):
     return _logit_nll("laplace", loc, log_scale, teacher_logits, **options)
-
-
-@S.implements(S.ensemble_kl, note=_FUSED)
-def ensemble_kl(student_logits, teacher, *, mask, reduction):
-    V.check_ensemble_kl_options(reduction=reduction)
-    V.check_teacher("student_logits", student_logits, teacher, mask)
-    fn = _ops.losses.ensemble_kl if _ops.fused(student_logits) else reference.ensemble_kl
-    return fn(student_logits, teacher, mask=mask, reduction=reduction)
