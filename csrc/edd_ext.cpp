@@ -2,7 +2,7 @@
 // Python API calls) and, in a namespace of their own, the ops that only the tests use to reach the shared math
 // and the noise generator (torch.ops.edd_ext_testing.*). Implementations register per backend in
 // csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); Python-side fake (meta) kernels and autograd live in
-// edd_ext/_ops.py.
+// edd_ext/_ops/ (one module per op family).
 #include <torch/library.h>
 
 TORCH_LIBRARY(edd_ext, m) {
@@ -21,7 +21,7 @@ TORCH_LIBRARY(edd_ext, m) {
   // student tensor(s) [*, V] in the student's dtype (an empty [0] tensor otherwise): of each position's own
   // loss for none and sum, divided by the unmasked positions for mean. reuse_grad: the caller drops the gradient
   // output (as the edd_ext.* wrappers do), so the registered backward may hand that very tensor to autograd or
-  // scale it in place when the graph is freed after it (edd_ext/_loss_ops.py); keep it False when holding it. The teacher is either raw logits [*, M, V] or the rows
+  // scale it in place when the graph is freed after it (edd_ext/_ops/losses.py); keep it False when holding it. The teacher is either raw logits [*, M, V] or the rows
   // of an EnsembleStats [*, V] (exactly one of them); it is a constant. Masked positions (mask [*] False)
   // get loss 0 and gradient 0 whatever they hold.
   //
