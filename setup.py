@@ -8,7 +8,12 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST    target architectures (default without a GPU: "8.0;9.0")
   MAX_JOBS                parallel compile jobs (default: from free memory and cores)
   EDD_EXT_DEBUG=1         -O0 -g instead of -O3 -g0
-  EDD_EXT_CPU_SIMD=0      portable CPU kernels (default: AVX2/FMA/F16C when the build machine has them)
+
+The vectorised CPU kernels (csrc/cpu/simd/*.cpp) are compiled once per CPU capability -- the portable baseline,
+and on x86-64 also AVX2 (+FMA, F16C) and AVX-512 (F, BW, VL, DQ) -- against light headers (no torch tensor
+headers); the extension picks the best one the CPU supports when it loads (EDD_EXT_CPU_CAPABILITY=default|avx2|
+avx512 forces a lower one), so one build runs on any CPU of the architecture. Everything else is compiled once,
+for the baseline. The CPU ops run on OpenMP threads (-fopenmp when compiling and linking).
 """
 import glob
 import os
@@ -62,19 +67,52 @@ def _max_jobs():
     os.environ["MAX_JOBS"] = str(max(1, min(cores, by_memory)))
 
 
-def _cpu_simd_flags():
-    """AVX2 + FMA + F16C SIMD for the CPU kernels when the build machine has them (x86-64 since ~2013);
-    EDD_EXT_CPU_SIMD=0 builds the portable (non-SIMD) variant of at::vec instead."""
-    if os.environ.get("EDD_EXT_CPU_SIMD", "1") == "0":
-        return [], "portable"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if all(flag in flags for flag in ("avx2", "fma", "f16c")):
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"], "AVX2"
-    return [], "portable"
+# The CPU capabilities the vectorised kernels are built for: (name, compiler flags). Each build defines
+# CPU_CAPABILITY=<name> (the inline namespace its code lives in, as in ATen) and CPU_CAPABILITY_<name> for the
+# vector ones. Order matters: the portable objects are linked first, so that where the builds share an inline
+# function that was not inlined, the copy the linker keeps is the portable one.
+_X86_CAPABILITIES = [
+    ("DEFAULT", []),
+    ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
+    ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]),
+]
+
+
+def _cpu_capabilities():
+    import platform
+
+    if platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32":
+        return _X86_CAPABILITIES
+    return _X86_CAPABILITIES[:1]
+
+
+def _openmp_flags():
+    """-fopenmp where GCC or a Linux clang compiles: ATen's inline at::parallel_for is an OpenMP loop that runs on
+    one thread without it. The extension then uses the OpenMP runtime torch loaded (same soname)."""
+    if sys.platform.startswith("linux"):
+        return ["-fopenmp"]
+    return []
+
+
+class BuildExtensionWithCpuCapabilities(BuildExtension):
+    """torch's BuildExtension, plus one compile of the vectorised CPU kernels per capability (its own object folder
+    and flags), whose objects are linked after the ones compiled once."""
+
+    def build_extension(self, ext):
+        kernels = getattr(ext, "cpu_capability_sources", [])
+        if kernels:
+            cxx = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+            objects = []
+            for name, flags in _cpu_capabilities():
+                macros = ext.define_macros + [("CPU_CAPABILITY", name)]
+                if name != "DEFAULT":
+                    macros.append(("CPU_CAPABILITY_" + name, None))
+                objects += self.compiler.compile(
+                    kernels, output_dir=os.path.join(self.build_temp, "cpu_" + name.lower()), macros=macros,
+                    include_dirs=ext.include_dirs, debug=self.debug, extra_postargs=list(cxx) + flags,
+                    depends=ext.depends)
+            ext.extra_objects = objects + [o for o in ext.extra_objects if o not in objects]
+        super().build_extension(ext)
 
 
 def _version():
@@ -88,11 +126,12 @@ def _version():
 def extensions():
     with_cuda, reason = _want_cuda()
     sources = ["csrc/module.cpp", "csrc/edd_ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    kernels = sorted(glob.glob("csrc/cpu/simd/*.cpp"))
     opt = ["-O0", "-g"] if _flag("EDD_EXT_DEBUG") else ["-O3", "-g0"]
-    simd, simd_name = _cpu_simd_flags()
+    openmp = _openmp_flags()
     # -ffp-contract=off: no implicit a*b+c fusion, so a formula rounds the same in every kernel and build (the
     # Monte-Carlo noise is bit-reproducible); SIMD code asks for fused multiply-adds explicitly.
-    cxx = opt + ["-fvisibility=hidden", "-ffp-contract=off"] + simd
+    cxx = opt + ["-fvisibility=hidden", "-ffp-contract=off"] + openmp
     macros = []
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if with_cuda:
@@ -104,15 +143,18 @@ def extensions():
         nvcc = (["-O0", "-G"] if _flag("EDD_EXT_DEBUG") else ["-O3", "-lineinfo"]) + [
             "--expt-relaxed-constexpr", "-Xcompiler", "-fvisibility=hidden"]
         ext = CUDAExtension("edd_ext._C", sources, include_dirs=include_dirs, define_macros=macros,
-                            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=openmp)
         what = "C++ CPU + CUDA kernels (archs %s, CUDA_HOME=%s)" % (archs, CUDA_HOME)
     else:
         ext = CppExtension("edd_ext._C", sources, include_dirs=include_dirs, define_macros=macros,
-                           extra_compile_args={"cxx": cxx})
+                           extra_compile_args={"cxx": cxx}, extra_link_args=openmp)
         what = "C++ CPU kernels only"
+    ext.cpu_capability_sources = kernels
+    capabilities = [name.lower() for name, _ in _cpu_capabilities()]
     _max_jobs()
-    print("edd_ext build: %s [%s]; CPU SIMD: %s; torch %s; MAX_JOBS=%s; %d sources"
-          % (what, reason, simd_name, torch.__version__, os.environ["MAX_JOBS"], len(sources)), flush=True)
+    print("edd_ext build: %s [%s]; CPU kernels for %s (%d sources each); OpenMP: %s; torch %s; MAX_JOBS=%s; "
+          "%d sources" % (what, reason, ", ".join(capabilities), len(kernels), "yes" if openmp else "no",
+                          torch.__version__, os.environ["MAX_JOBS"], len(sources)), flush=True)
     return [ext]
 
 
@@ -132,6 +174,6 @@ setup(
     },
     entry_points={"console_scripts": ["edd-demo = edd_ext.demo.__main__:main"]},
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtensionWithCpuCapabilities.with_options(use_ninja=True)},
     zip_safe=False,
 )

@@ -3,7 +3,7 @@
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
 from . import amalgamation, metrics, nn, plotting, uncertainty
-from ._ops import cuda_built, has_extension
+from ._ops import cpu_capability, cuda_built, has_extension
 from ._version import __version__  # noqa: F401  (the version, single-sourced)
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
@@ -26,4 +26,5 @@ __all__ = [
     "DirichletUncertainty",
     "has_extension",
     "cuda_built",
+    "cpu_capability",
 ]

@@ -5,47 +5,39 @@
 //   2. every class's share of the four row sums (TU, alpha_0 MI, alpha_0 RMI, sum F(alpha_k)).
 // Row sums and the per-position scalars are float64.
 //
-// float32/float16/bfloat16 logits take the SIMD kernel (dirichlet_rows_simd: kLanes classes per step, float32
-// math with the vector special functions of edd_ext/cpu/vec_special.h, the scalar header math for the row
-// tail); float64 logits, and model_offset < kMinSimdModelOffset (concentrations near 0), take the scalar
-// kernel (dirichlet_rows), whose per-class terms are the header functions themselves.
+// float32/float16/bfloat16 logits take the SIMD kernel (csrc/cpu/simd/dirichlet_uncertainty.cpp, compiled once
+// per CPU capability: kLanes classes per step, float32 math with the vector special functions of
+// edd_ext/cpu/vec_special.h, the scalar header math for the row tail); float64 logits, and model_offset <
+// kMinSimdModelOffset (concentrations near 0), take the scalar kernel here (dirichlet_rows), whose per-class
+// terms are the header functions themselves.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <type_traits>
 
-#include "edd_ext/cpu/loss_blocks.h"
-#include "edd_ext/cpu/vec.h"
-#include "edd_ext/cpu/vec_math.h"
-#include "edd_ext/cpu/vec_special.h"
+#include "edd_ext/cpu/kernels.h"
+#include "edd_ext/cpu/parallel.h"
 #include "edd_ext/student_uncertainty_host.h"
 
 namespace edd_ext {
 namespace {
 
-// max(a, b) as one compare-and-select; a NaN in `b` is skipped, and reaches the results through the sums.
-template <typename T>
-inline T larger(T a, T b) {
-  return b > a ? b : a;
-}
+// Positions per parallel chunk: about 4k classes.
+int64_t dirichlet_grain(const DirichletProblem& p) { return std::max<int64_t>(1, 4096 / p.vocab); }
 
 template <typename scalar_t, typename acc_t>
 void dirichlet_rows(const DirichletProblem& p, const scalar_t* logits, double* out) {
   const int64_t vocab = p.vocab;
   const acc_t c = acc_t(p.offset), log_c = acc_t(p.log_offset);
-  const int64_t grain = std::max<int64_t>(1, 4096 / vocab);
-  at::parallel_for(0, p.positions, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_positions(p.positions, dirichlet_grain(p), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const scalar_t* z = logits + n * vocab;
       // Pass 1: ln alpha_0 = top + log1p(rest), top = ln alpha of the largest logit (logaddexp is monotone).
       acc_t max_z = acc_t(z[0]);
-      for (int64_t k = 1; k < vocab; ++k) max_z = larger(max_z, acc_t(z[k]));
+      for (int64_t k = 1; k < vocab; ++k) max_z = math::larger(max_z, acc_t(z[k]));
       const acc_t top = math::log_concentration(max_z, log_c);
       double rest = 0, ties = 0;  // alpha_k / alpha_top over the other classes; classes equal to the top
       for (int64_t k = 0; k < vocab; ++k) {
@@ -68,140 +60,27 @@ void dirichlet_rows(const DirichletProblem& p, const scalar_t* logits, double* o
   });
 }
 
-using cpu::kLanes;
-using cpu::VecF;
-
-// psi(y) - ln y + 1/(2y) and ln Gamma(y) - ((y - 1/2) ln y - y + ln(2 pi)/2) for y >= 8, from r = 1/y: the
-// series of math::digamma_tail / math::lgamma_tail with the float coefficients of vec_special.h.
-EDD_CPU_INLINE VecF digamma_tail_vec(const VecF& r) {
-  static constexpr float kDg[] = {-1.f / 12, 1.f / 120, -1.f / 252, 1.f / 240, -1.f / 132};
-  const VecF f = r * r;
-  return f * cpu::horner(f, kDg);
-}
-
-EDD_CPU_INLINE VecF lgamma_tail_vec(const VecF& r) {
-  static constexpr float kLg[] = {1.f / 12, -1.f / 360, 1.f / 1260, -1.f / 1680, 1.f / 1188};
-  return r * cpu::horner(r * r, kLg);
-}
-
-struct DirichletTerms {
-  VecF xg;       // x g(x) = x (psi(x + 1) - ln x)
-  VecF entropy;  // F(x) = ln Gamma(x) - (x - 1) psi(x) + x
-};
-
-// math::x_times_g and math::entropy_term of kLanes concentrations x >= kMinSimdModelOffset, given ln x.
-//   x >= 8: the series forms of the header (no cancellation: x g(x) = 1/2 + x digamma_tail(x));
-//   x < 8:  psi(x + 1) = psi(x + 8) - sum_{i=1..7} 1/(x + i), with psi(x + 8) from its series, so that
-//           g(x) = (ln(x + 8) - ln x) - 1/(2(x + 8)) + digamma_tail(x + 8) - sum_i 1/(x + i) never subtracts
-//           two values of psi near each other; F from the vector ln Gamma and psi.
-// Lanes of the other range compute with a dummy argument; a range no lane is in is skipped.
-EDD_CPU_INLINE DirichletTerms dirichlet_terms(const VecF& x, const VecF& log_x) {
-  const VecF one(1.f), half(0.5f), eight(8.f);
-  const VecF large = x >= eight;  // false for NaN: NaN lanes take the x < 8 formulas (NaN either way)
-  const bool any_large = cpu::any_lane(large);
-  const bool all_large = any_large && !cpu::any_lane((x < eight) | (x != x));
-  DirichletTerms t{VecF(0.f), VecF(0.f)};
-  if (any_large) {
-    const VecF xl = VecF::blendv(eight, x, large);
-    const VecF r = one / xl, dt = digamma_tail_vec(r);
-    const VecF ll = VecF::blendv(VecF(2.0794415f), log_x, large);  // ln 8 for the dummy lanes
-    t.xg = half + xl * dt;
-    t.entropy = half * ll + VecF(math::half_log_two_pi<float>()) + half - half * r + lgamma_tail_vec(r) -
-                (xl - one) * dt;
-  }
-  if (!all_large) {
-    const VecF xs = VecF::blendv(x, one, large);
-    const VecF ls = VecF::blendv(log_x, VecF(0.f), large);
-    const VecF y = xs + eight, ry = one / y;
-    VecF inv_sum(0.f);
-    for (int i = 1; i < 8; ++i) inv_sum = inv_sum + one / (xs + VecF(float(i)));
-    const VecF g = (cpu::log_fast_normal(y) - ls) - half * ry + digamma_tail_vec(ry) - inv_sum;
-    const cpu::VecGamma lg = cpu::gamma_terms<true, true, false>(xs);
-    const VecF xg = xs * g;
-    const VecF entropy = lg.lgamma - (xs - one) * lg.digamma + xs;
-    t.xg = any_large ? VecF::blendv(xg, t.xg, large) : xg;
-    t.entropy = any_large ? VecF::blendv(entropy, t.entropy, large) : entropy;
-  }
-  return t;
-}
-
-// ln alpha = logaddexp(z, ln c) (math::log_concentration); NaN stays NaN.
-EDD_CPU_INLINE VecF log_concentration_vec(const VecF& z, const VecF& log_c) { return cpu::logaddexp(z, log_c); }
-
-// The SIMD kernel: the same two passes, kLanes classes at a time, float32 math, sums in float64 (ChunkedSum).
-template <typename scalar_t>
-void dirichlet_rows_simd(const DirichletProblem& p, const scalar_t* logits, double* out) {
-  const int64_t vocab = p.vocab, body = vocab - vocab % kLanes;
-  const float c = float(p.offset), log_c = float(p.log_offset);
-  const VecF vc(c), vlog_c(log_c), zero(0.f), one(1.f);
-  const int64_t grain = std::max<int64_t>(1, 4096 / vocab);
-  at::parallel_for(0, p.positions, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* z = logits + n * vocab;
-      // Pass 1 (a NaN logit is skipped by the maximum and reaches every result through `rest`).
-      VecF vmax(-std::numeric_limits<float>::infinity());
-      for (int64_t k = 0; k < body; k += kLanes) vmax = cpu::fast_max(cpu::load_float(z + k), vmax);
-      float max_z = body > 0 ? cpu::horizontal_max(vmax) : float(z[0]);
-      for (int64_t k = body; k < vocab; ++k) max_z = larger(max_z, float(z[k]));
-      const float top = math::log_concentration(max_z, log_c);
-      const VecF vmax_z(max_z), vtop(top);
-      cpu::ChunkedSum rest_sum, tie_count;
-      for (int64_t k = 0; k < body; k += kLanes) {
-        const VecF zk = cpu::load_float(z + k);
-        const VecF tie = zk == vmax_z;
-        const VecF ratio = cpu::exp_fast(log_concentration_vec(zk, vlog_c) - vtop);
-        rest_sum.push(VecF::blendv(ratio, zero, tie));
-        tie_count.push(VecF::blendv(zero, one, tie));
-      }
-      double rest = rest_sum.result(), ties = tie_count.result();
-      for (int64_t k = body; k < vocab; ++k) {
-        const float zk = float(z[k]);
-        if (zk == max_z) {
-          ties += 1;
-        } else {
-          rest += double(math::exp_(math::log_concentration(zk, log_c) - top));
-        }
-      }
-      const math::DirichletScalars s = math::dirichlet_scalars(double(top), rest + (ties - 1));
-      // Pass 2.
-      const float log1p_rest = float(s.log1p_rest), g0 = float(s.g0);
-      const VecF vlog1p_rest(log1p_rest), vg0(g0), vh0(1.f - g0);
-      cpu::ChunkedSum total, mi, rmi, entropy;
-      for (int64_t k = 0; k < body; k += kLanes) {
-        const VecF zk = cpu::load_float(z + k);
-        const VecF alpha = cpu::exp_fast(zk) + vc;
-        const VecF log_alpha = log_concentration_vec(zk, vlog_c);
-        const VecF log_p = (log_alpha - vtop) - vlog1p_rest;
-        const VecF prob = cpu::exp_fast(log_p);
-        const DirichletTerms t = dirichlet_terms(alpha, log_alpha);
-        total.push(zero - prob * log_p);
-        mi.push(cpu::clamp_rounding(t.xg - prob * vg0));
-        rmi.push(cpu::clamp_rounding((one - t.xg) - prob * vh0));
-        entropy.push(t.entropy);
-      }
-      double sums[math::kNumDirichletSums] = {total.result(), mi.result(), rmi.result(), entropy.result()};
-      for (int64_t k = body; k < vocab; ++k) {
-        math::dirichlet_class_terms<float>(float(z[k]), c, log_c, top, log1p_rest, g0, sums);
-      }
-      math::dirichlet_finish(s, sums, vocab, out + n * math::kNumDirichletMeasures);
-    }
-  });
-}
-
 at::Tensor dirichlet_uncertainty_cpu(const at::Tensor& student_logits, double model_offset) {
   DirichletProblem p = make_dirichlet_problem(student_logits, model_offset);
   if (p.positions == 0) return p.out;
+  if (p.logits.scalar_type() != at::kDouble && p.offset >= cpu::kMinSimdModelOffset) {
+    cpu::DirichletUncertaintyView v;
+    v.logits = p.logits.const_data_ptr();
+    v.dtype = p.logits.scalar_type();
+    v.out = p.out.mutable_data_ptr<double>();
+    v.positions = p.positions;
+    v.vocab = p.vocab;
+    v.offset = p.offset;
+    v.log_offset = p.log_offset;
+    cpu::DirichletUncertaintyKernel* kernel = cpu::dirichlet_uncertainty_kernel.get();
+    cpu::parallel_positions(p.positions, dirichlet_grain(p), [&](int64_t begin, int64_t end) { kernel(v, begin, end); });
+    return p.out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty",
                                   [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    const scalar_t* logits = p.logits.const_data_ptr<scalar_t>();
-                                    double* out = p.out.mutable_data_ptr<double>();
-                                    if constexpr (std::is_same_v<acc_t, float>) {
-                                      if (p.offset >= cpu::kMinSimdModelOffset) {
-                                        return dirichlet_rows_simd<scalar_t>(p, logits, out);
-                                      }
-                                    }
-                                    dirichlet_rows<scalar_t, acc_t>(p, logits, out);
+                                    dirichlet_rows<scalar_t, acc_t>(p, p.logits.const_data_ptr<scalar_t>(),
+                                                                    p.out.mutable_data_ptr<double>());
                                   });
   return p.out;
 }

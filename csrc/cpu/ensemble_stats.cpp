@@ -1,9 +1,7 @@
 // CPU kernels for the teacher-ensemble statistics (SPEC section 1): one task per position, two streaming
 // passes over its [M, V] logits — per-member log-softmax normalisers, then the per-class moments — with
-// SIMD float32 math for half/bfloat16/float32 inputs (edd_ext/cpu/teacher_rows.h) and scalar float64 math
-// for float64; row sums (exponential sums and measures) in float64.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+// SIMD float32 math for half/bfloat16/float32 inputs (csrc/cpu/simd/ensemble_stats.cpp, compiled once per CPU
+// capability) and scalar float64 math for float64 here; row sums (exponential sums and measures) in float64.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
@@ -11,71 +9,21 @@
 #include <tuple>
 #include <vector>
 
-#include "edd_ext/cpu/teacher_rows.h"
+#include "edd_ext/cpu/kernels.h"
+#include "edd_ext/cpu/parallel.h"
+#include "edd_ext/cpu/teacher_class.h"
 #include "edd_ext/ensemble_stats_host.h"
 
 namespace edd_ext {
 namespace {
 
-using cpu::VecF;
-using cpu::kLanes;
-
 int64_t grain_for(const EnsembleStatsProblem& p) { return std::max<int64_t>(1, 32768 / (p.members * p.vocab)); }
-
-// float32 math (inputs float16, bfloat16, float32).
-template <typename scalar_t>
-void ensemble_rows_simd(const EnsembleStatsProblem& p, const scalar_t* logits, float* mean_probs,
-                        float* mean_log_probs, float* measures) {
-  const int64_t members = p.members, vocab = p.vocab, body = vocab - vocab % kLanes;
-  cpu::TeacherOptions o;
-  o.inv_temperature = float(p.inv_temperature);
-  o.inv_members = float(p.inv_members);
-  o.log_members = float(p.log_members);
-  o.smooth = p.smooth;
-  o.log1m_eps = float(p.log1m_eps);
-  o.log_eps_over_v = float(p.log_eps_over_v);
-
-  at::parallel_for(0, p.positions, grain_for(p), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members);
-    for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* row = logits + n * members * vocab;
-      cpu::member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data());
-      cpu::ChunkedSum sums[math::kNumMeasures];
-      for (int64_t k = 0; k < body; k += kLanes) {
-        const cpu::TeacherBlock b = cpu::teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o);
-        const VecF p_log_p = b.mean_prob * b.log_mean_prob;
-        sums[0].push(VecF(0.f) - p_log_p);
-        sums[1].push(VecF(0.f) - b.mean_p_log_p);
-        sums[2].push(cpu::clamp_rounding(b.mean_p_log_p - p_log_p));
-        sums[3].push(cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
-        sums[4].push(cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob)));
-        if (mean_probs != nullptr) {
-          b.mean_prob.store(mean_probs + n * vocab + k);
-          b.mean_log_prob.store(mean_log_probs + n * vocab + k);
-        }
-      }
-      double totals[math::kNumMeasures];
-      for (int i = 0; i < math::kNumMeasures; ++i) totals[i] = sums[i].result();
-      for (int64_t k = body; k < vocab; ++k) {
-        const auto t = cpu::teacher_class<scalar_t, float>(row, k, members, vocab, shift.data(), log_sum.data(),
-                                                           o.inv_temperature, o.smooth, o.log1m_eps,
-                                                           o.log_eps_over_v, o.inv_members, o.log_members);
-        for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += double(t.measure[i]);
-        if (mean_probs != nullptr) {
-          mean_probs[n * vocab + k] = t.mean_prob;
-          mean_log_probs[n * vocab + k] = t.mean_log_prob;
-        }
-      }
-      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = float(totals[i]);
-    }
-  });
-}
 
 // float64 math (float64 inputs: the precision reference, e.g. for gradcheck).
 void ensemble_rows_double(const EnsembleStatsProblem& p, const double* logits, double* mean_probs,
                           double* mean_log_probs, double* measures) {
   const int64_t members = p.members, vocab = p.vocab;
-  at::parallel_for(0, p.positions, grain_for(p), [&](int64_t begin, int64_t end) {
+  cpu::parallel_positions(p.positions, grain_for(p), [&](int64_t begin, int64_t end) {
     std::vector<double> shift(members), log_sum(members);
     for (int64_t n = begin; n < end; ++n) {
       const double* row = logits + n * members * vocab;
@@ -111,14 +59,23 @@ EnsembleStatsProblem run(const at::Tensor& teacher_logits, double temperature, d
                          p.measures.mutable_data_ptr<double>());
     return p;
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::ensemble_stats", [&] {
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      ensemble_rows_simd<scalar_t>(p, p.logits.const_data_ptr<scalar_t>(),
-                                   with_rows ? p.mean_probs.mutable_data_ptr<float>() : nullptr,
-                                   with_rows ? p.mean_log_probs.mutable_data_ptr<float>() : nullptr,
-                                   p.measures.mutable_data_ptr<float>());
-    }
-  });
+  cpu::EnsembleStatsView v;
+  v.logits = p.logits.const_data_ptr();
+  v.dtype = p.logits.scalar_type();
+  v.mean_probs = with_rows ? p.mean_probs.mutable_data_ptr<float>() : nullptr;
+  v.mean_log_probs = with_rows ? p.mean_log_probs.mutable_data_ptr<float>() : nullptr;
+  v.measures = p.measures.mutable_data_ptr<float>();
+  v.positions = p.positions;
+  v.members = p.members;
+  v.vocab = p.vocab;
+  v.inv_temperature = p.inv_temperature;
+  v.inv_members = p.inv_members;
+  v.log_members = p.log_members;
+  v.smooth = p.smooth;
+  v.log1m_eps = p.log1m_eps;
+  v.log_eps_over_v = p.log_eps_over_v;
+  cpu::EnsembleStatsKernel* kernel = cpu::ensemble_stats_kernel.get();
+  cpu::parallel_positions(p.positions, grain_for(p), [&](int64_t begin, int64_t end) { kernel(v, begin, end); });
   return p;
 }
 

@@ -1,15 +1,16 @@
 // Elementwise lgamma / digamma / trigamma through the shared header, so that the host/device math is
-// tested against scipy.special from Python (tests/test_special_functions.py).
+// tested against scipy.special from Python (tests/test_special_functions.py); and the CPU kernels' float32
+// vector helpers (the "simd_*" names), tested against mpmath under every CPU capability.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <algorithm>
+#include <utility>
 
 #include "edd_ext/checks.h"
-#include "edd_ext/cpu/vec_special.h"
+#include "edd_ext/cpu/kernels.h"
+#include "edd_ext/cpu/parallel.h"
 #include "edd_ext/special_functions.h"
 
 namespace edd_ext {
@@ -27,31 +28,24 @@ T evaluate(int which, T x) {
   }
 }
 
-// "lgamma" | "digamma" | "trigamma": the scalar header math (CPU and CUDA);
-// "simd_lgamma" | "simd_digamma" | "simd_trigamma": the float32 SIMD variant used by the CPU loss kernels.
+// "lgamma" | "digamma" | "trigamma": the scalar header math (CPU and CUDA), index 0..2;
+// "simd_lgamma" | "simd_digamma" | "simd_trigamma" | "simd_exp" | "simd_log": the float32 vector helpers of the
+// CPU kernels (csrc/cpu/simd/vector_functions.cpp, the running capability's build), index 3 + VectorFunction.
 int function_index(c10::string_view name) {
-  const bool simd = name.substr(0, 5) == "simd_";
-  const c10::string_view base = simd ? name.substr(5) : name;
-  int index = 2;
-  if (base == "lgamma") index = 0;
-  else if (base == "digamma") index = 1;
-  else
-    TORCH_CHECK_VALUE(base == "trigamma", "name: expected one of 'lgamma', 'digamma', 'trigamma' (or their 'simd_' "
-                      "variants on CPU), got '", name, "'");
-  return simd ? index + 3 : index;
-}
-
-void simd_float(int which, const float* src, float* dst, int64_t begin, int64_t end) {
-  using cpu::kLanes;
-  int64_t i = begin;
-  float tmp[kLanes];
-  for (; i < end; i += kLanes) {
-    const int64_t count = std::min<int64_t>(kLanes, end - i);
-    for (int64_t j = 0; j < kLanes; ++j) tmp[j] = j < count ? src[i + j] : 1.f;
-    const cpu::VecGamma g = cpu::gamma_family(cpu::VecF::loadu(tmp));
-    (which == 0 ? g.lgamma : (which == 1 ? g.digamma : g.trigamma)).store(tmp);
-    for (int64_t j = 0; j < count; ++j) dst[i + j] = tmp[j];
+  static constexpr const char* kScalar[] = {"lgamma", "digamma", "trigamma"};
+  static constexpr std::pair<const char*, cpu::VectorFunction> kVector[] = {
+      {"simd_lgamma", cpu::VectorFunction::kLgamma},     {"simd_digamma", cpu::VectorFunction::kDigamma},
+      {"simd_trigamma", cpu::VectorFunction::kTrigamma}, {"simd_exp", cpu::VectorFunction::kExp},
+      {"simd_log", cpu::VectorFunction::kLog}};
+  for (int i = 0; i < 3; ++i) {
+    if (name == kScalar[i]) return i;
   }
+  for (const auto& [vector_name, f] : kVector) {
+    if (name == vector_name) return 3 + int(f);
+  }
+  TORCH_CHECK_VALUE(false, "name: expected one of 'lgamma', 'digamma', 'trigamma' (or, on CPU, 'simd_lgamma', "
+                    "'simd_digamma', 'simd_trigamma', 'simd_exp', 'simd_log'), got '", name, "'");
+  return -1;
 }
 
 at::Tensor special_function_cpu(const at::Tensor& x, c10::string_view name) {
@@ -62,15 +56,17 @@ at::Tensor special_function_cpu(const at::Tensor& x, c10::string_view name) {
   at::Tensor out = at::empty_like(in);
   if (which >= 3) {
     TORCH_CHECK_VALUE(in.scalar_type() == at::kFloat, "x: the simd_ variants take float32, got ", in.scalar_type());
+    const cpu::VectorFunction f = cpu::VectorFunction(which - 3);
+    cpu::VectorFunctionKernel* kernel = cpu::vector_function_kernel.get();
     const float* src = in.const_data_ptr<float>();
     float* dst = out.mutable_data_ptr<float>();
-    at::parallel_for(0, in.numel(), 4096, [&](int64_t b, int64_t e) { simd_float(which - 3, src, dst, b, e); });
+    cpu::parallel_positions(in.numel(), 4096, [&](int64_t b, int64_t e) { kernel(f, src + b, dst + b, e - b); });
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "edd_ext::special_function", [&] {
     const scalar_t* src = in.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, in.numel(), 4096, [&](int64_t b, int64_t e) {
+    cpu::parallel_positions(in.numel(), 4096, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) dst[i] = evaluate<scalar_t>(which, src[i]);
     });
   });

@@ -46,6 +46,22 @@ def cuda_built() -> bool:
     return _C is not None and bool(_C.cuda_built())
 
 
+def cpu_capability():
+    """The instruction set of the CPU kernels running in this process: ``"default"`` (portable), ``"avx2"`` or
+    ``"avx512"``; ``None`` without the compiled extension.
+
+    The extension carries a build of its vectorised CPU kernels per capability and picks the best one this CPU
+    supports when it loads; the environment variable ``EDD_EXT_CPU_CAPABILITY=default|avx2|avx512`` (read at
+    import) asks for a lower one. Asking for one the CPU (or the build) lacks gives the best available, with a
+    ``RuntimeWarning``.
+    """
+    return None if _C is None else str(_C.cpu_capability())
+
+
+if _C is not None and _C.cpu_capability_note():
+    warnings.warn(f"edd_ext: {_C.cpu_capability_note()}", RuntimeWarning, stacklevel=2)
+
+
 def _unserved_reason(device: torch.device):
     if _C is None:
         return f"the compiled extension is not available ({EXTENSION_ERROR})"

@@ -115,6 +115,28 @@ EDD_HD T sign_of(T x) {
   return T(x > T(0)) - T(x < T(0));
 }
 
+// One class of either family from the members' targets (target(m, k): member m's normalised target of class k):
+// sum |x_m - mu| and sum sign(x_m - mu) for Laplace, the centred moments around member 0 for Gaussian.
+template <typename T, typename Target>
+EDD_HD LocScaleLossGrad<T> logit_class(bool laplace, const Target& target, int64_t members, int64_t k, T mu, T rho,
+                                       T log_min_scale, T inv_members) {
+  if (laplace) {
+    T abs_sum = 0, sign_sum = 0;
+    for (int64_t m = 0; m < members; ++m) {
+      const T d = target(m, k) - mu;
+      abs_sum += abs_(d);
+      sign_sum += sign_of(d);
+    }
+    return laplace_class(rho, log_min_scale, abs_sum, sign_sum, inv_members);
+  }
+  CentredMoments<T> c;
+  c.first(target(0, k));
+  for (int64_t m = 1; m < members; ++m) c.add(target(m, k));
+  c.finish_mean(inv_members);
+  for (int64_t m = 0; m < members; ++m) c.add_spread(target(m, k));
+  return gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_members);
+}
+
 // ---- 2.4 ensemble KL ----
 //   L_k     = pi^_k (ln pi^_k - log q_k),  q = softmax(z), log q_k = (z_k - max z) - ln sum exp(z - max z)
 //   dL/dz_k = q_k - pi^_k

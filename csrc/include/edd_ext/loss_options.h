@@ -16,6 +16,7 @@
 
 #include "edd_ext/dirichlet_math.h"
 #include "edd_ext/logit_math.h"
+#include "edd_ext/proxy_options.h"
 
 namespace edd_ext {
 
@@ -39,13 +40,7 @@ inline void check_nonnegative_option(double value, const char* name) {
 // ln(x) for x >= 0, -inf at 0.
 inline double log_or_neg_inf(double x) { return x > 0 ? std::log(x) : -std::numeric_limits<double>::infinity(); }
 
-// Options of the proxy-Dirichlet KL, checked once for both backends.
-struct ProxyOptions {
-  math::ProxyMode mode = math::ProxyMode::kReverse;
-  bool mkl = true;
-  double model_offset = 1, log_model_offset = 0, target_offset = 1, eps = 0, max_precision = 0;  // 0: no clamp
-};
-
+// Options of the proxy-Dirichlet KL (edd_ext/proxy_options.h), checked once for both backends.
 inline ProxyOptions parse_proxy_options(c10::string_view direction, c10::string_view precision, double model_offset,
                                         double target_offset, double eps, c10::optional<double> max_precision,
                                         bool reference_code_compat) {

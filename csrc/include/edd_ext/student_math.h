@@ -64,6 +64,13 @@ EDD_HD_INLINE float bits_float(uint32_t b) {
 #endif
 }
 
+// max(a, b) as one compare-and-select (maxss, vectorisable); a NaN in `b` is skipped (the callers' sums carry it
+// to the results instead).
+template <typename T>
+EDD_HD_INLINE T larger(T a, T b) {
+  return b > a ? b : a;
+}
+
 // Bitwise select: a where the mask is all ones, b where it is zero.
 EDD_HD_INLINE float select_bits(uint32_t mask, float a, float b) {
   return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));

@@ -19,6 +19,7 @@
 
 namespace edd_ext {
 namespace cpu {
+inline namespace CPU_CAPABILITY {
 
 // The smallest model_offset c the SIMD Dirichlet kernels take: below it, alpha = exp(z) + c can underflow
 // and the scalar per-class functions switch to their small-argument forms (tiny_concentration), so those
@@ -186,5 +187,6 @@ EDD_CPU_INLINE LocScaleBlock laplace_block(const teacher_t* row, int64_t k, int6
   return out;
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace edd_ext

@@ -1,9 +1,8 @@
-// Per-position building blocks of the CPU distillation-loss kernels: the loop over the positions (the
-// output pointers, at::parallel_for and a masked position's zero rows), the scalar normalisers of one
-// position's teacher logits [M, V] and student row [V], and the allocation advice for the gradient rows.
+// Per-position building blocks of the CPU distillation-loss ops: the loop over the positions (the view of the
+// problem, cpu::parallel_positions, position_range with its masked positions' zero rows) for the scalar kernels
+// and the call of a per-capability SIMD kernel (edd_ext/cpu/kernels.h) on every chunk, the scalar normalisers of
+// one position's teacher logits [M, V] and student row [V], and the allocation advice for the gradient rows.
 #pragma once
-
-#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
@@ -12,6 +11,9 @@
 #include <sys/mman.h>
 #endif
 
+#include "edd_ext/cpu/capability.h"
+#include "edd_ext/cpu/loss_view.h"
+#include "edd_ext/cpu/parallel.h"
 #include "edd_ext/logit_math.h"
 #include "edd_ext/loss_problem.h"
 #include "edd_ext/softmax.h"
@@ -57,23 +59,6 @@ double student_precision(const student_t* z, int64_t vocab, double c) {
   return sum + c * double(vocab);
 }
 
-// Zeroes a masked position's gradient row (when gradients are computed).
-template <typename T>
-void zero_row(T* row, int64_t vocab) {
-  if (row == nullptr) return;
-  for (int64_t k = 0; k < vocab; ++k) row[k] = T(0);
-}
-
-// The loss kernels' handling of a masked position n: true (the caller skips it) after writing its exact-zero
-// loss and zeroing its gradient rows (each may be nullptr); false for an unmasked position.
-template <typename acc_t, typename... Rows>
-bool skip_masked(const bool* mask, int64_t n, acc_t* loss, int64_t vocab, Rows*... rows) {
-  if (mask == nullptr || mask[n]) return false;
-  loss[n] = acc_t(0);
-  (zero_row(rows, vocab), ...);
-  return true;
-}
-
 // Asks the kernel to back a freshly allocated output (the gradient rows, written once by the loss kernels)
 // with transparent huge pages where the system leaves that to madvise: a 100 MB gradient then takes ~50
 // page faults instead of ~25k. Only whole 2 MiB pages inside the buffer are advised; advice only, so a
@@ -91,41 +76,45 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
-// Positions per parallel task: about 32k teacher elements.
-inline int64_t grain_for(int64_t members, int64_t vocab) {
-  const int64_t work = (members > 0 ? members : 1) * vocab;
-  return work >= 32768 ? 1 : 32768 / work;
+// The view of a loss problem that the position loops and the SIMD kernels read.
+inline LossView loss_view(const LossProblem& p) {
+  LossView v;
+  v.student = p.student.const_data_ptr();
+  v.log_scale = p.log_scale.defined() ? p.log_scale.const_data_ptr() : nullptr;
+  v.teacher_logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr() : nullptr;
+  v.teacher_rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr() : nullptr;
+  v.teacher_measure = p.teacher_measure.defined() ? p.teacher_measure.const_data_ptr<double>() : nullptr;
+  v.mask = p.mask_data();
+  v.loss = p.loss.mutable_data_ptr();
+  v.grad = p.compute_grad ? p.grad.mutable_data_ptr() : nullptr;
+  v.grad_log_scale = p.compute_grad && p.grad_log_scale.defined() ? p.grad_log_scale.mutable_data_ptr() : nullptr;
+  v.positions = p.positions;
+  v.members = p.members;
+  v.vocab = p.vocab;
+  v.student_type = p.student.scalar_type();
+  v.teacher_type = p.teacher_type();
+  v.grad_scale = p.grad_scale;
+  return v;
 }
 
-// The gradient rows of one position: w.r.t. the student (loc for the logit losses) and, for the logit losses,
-// w.r.t. log_scale; nullptr where the op computes no gradient (or the loss has no log_scale).
-template <typename student_t>
-struct GradRows {
-  student_t* student;
-  student_t* log_scale;
-};
-
-// The position loop of every CPU loss kernel: one task per grain_for(members, vocab) positions; each task
-// makes its own scratch (`make_scratch()`, called once per task); every masked position gets its zero loss
-// and gradient rows (skip_masked), and every other position n gets loss[n] = acc_t(body(n, scratch, rows)),
-// the body writing the gradient rows itself (when they are not nullptr).
+// The position loop of every scalar CPU loss kernel: one chunk per grain_for(members, vocab) positions or more,
+// in parallel; each chunk makes its own scratch (`make_scratch()`) and runs position_range (edd_ext/cpu/loss_view.h).
 template <typename acc_t, typename student_t, typename MakeScratch, typename Body>
 void for_each_position(const LossProblem& p, MakeScratch&& make_scratch, Body&& body) {
-  const int64_t vocab = p.vocab;
-  const bool* mask = p.mask_data();
-  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
-  student_t* grad_log_scale =
-      p.compute_grad && p.grad_log_scale.defined() ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
-  at::parallel_for(0, p.positions, grain_for(p.members, vocab), [&](int64_t begin, int64_t end) {
-    auto scratch = make_scratch();
-    for (int64_t n = begin; n < end; ++n) {
-      const GradRows<student_t> rows{grad != nullptr ? grad + n * vocab : nullptr,
-                                     grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr};
-      if (skip_masked(mask, n, loss, vocab, rows.student, rows.log_scale)) continue;
-      loss[n] = acc_t(body(n, scratch, rows));
-    }
+  const LossView v = loss_view(p);
+  parallel_positions(p.positions, grain_for(p.members, p.vocab), [&](int64_t begin, int64_t end) {
+    position_range<acc_t, student_t>(v, begin, end, make_scratch, body);
   });
+}
+
+// A per-capability SIMD loss kernel (`kernel`, a Kernel<Fn> of edd_ext/cpu/kernels.h) on every chunk of positions,
+// in parallel: kernel_version(view, args..., begin, end).
+template <typename Fn, typename... Args>
+void run_simd_kernel(const Kernel<Fn>& kernel, const LossProblem& p, const Args&... args) {
+  Fn* run = kernel.get();
+  const LossView v = loss_view(p);
+  parallel_positions(p.positions, grain_for(p.members, p.vocab),
+                     [&](int64_t begin, int64_t end) { run(v, args..., begin, end); });
 }
 
 }  // namespace cpu

@@ -19,6 +19,7 @@
 
 namespace edd_ext {
 namespace cpu {
+inline namespace CPU_CAPABILITY {
 
 struct VecGamma {
   VecF lgamma, digamma, trigamma;
@@ -89,5 +90,6 @@ EDD_CPU_INLINE VecGamma gamma_terms(const VecF& x) {
 EDD_CPU_INLINE VecGamma gamma_family(const VecF& x) { return gamma_terms<true, true, true>(x); }
 EDD_CPU_INLINE VecF lgamma_only(const VecF& x) { return gamma_terms<true, false, false>(x).lgamma; }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace edd_ext

@@ -1,0 +1,116 @@
+// SIMD kernel of the EnD baseline (csrc/cpu/ensemble_kl.cpp has the op, the formulas and the float64 kernel),
+// compiled once per CPU capability: float32 math, kLanes classes per step, the scalar header math for the row
+// tail, float64 row sums. The members' probabilities come from the exp(u - max) the normaliser pass keeps
+// ([M, V] scratch): p_mk = w_mk / sum_k w_mk.
+#include <cmath>
+#include <vector>
+
+#include "edd_ext/cpu/kernels.h"
+#include "edd_ext/cpu/teacher_rows.h"
+#include "edd_ext/cpu/vec.h"
+#include "edd_ext/cpu/vec_math.h"
+#include "edd_ext/logit_math.h"
+
+namespace edd_ext {
+namespace cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+// ensemble_kl_class for kLanes classes.
+EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
+                                      const VecF& log_mean_prob, VecF& loss, VecF& grad) {
+  const VecF zero(0.f);
+  const VecF log_q = (z - z_max) - z_log_sum;
+  loss = VecF::blendv(mean_prob * (log_mean_prob - log_q), zero, mean_prob == zero);
+  grad = exp_fast(log_q) - mean_prob;
+}
+
+template <typename student_t, typename teacher_t>
+void ensemble_kl_rows(const LossView& p, int64_t begin, int64_t end) {
+  const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
+  const float inv_m = float(1.0 / double(members > 0 ? members : 1));
+  const float log_m = float(std::log(double(members > 0 ? members : 1)));
+  const student_t* student = p.student_data<student_t>();
+  const teacher_t* logits = p.teacher_logits_data<teacher_t>();
+  const teacher_t* rows = p.teacher_rows_data<teacher_t>();
+  const float grad_scale = float(p.grad_scale);
+
+  struct Scratch {
+    std::vector<float> shift;
+    std::vector<float> log_sum;
+    std::vector<float> inv_sum;
+    std::vector<float> weights;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<float>(members), std::vector<float>(members), std::vector<float>(members),
+                   std::vector<float>(logits != nullptr ? members * vocab : 0)};
+  };
+
+  position_range<float, student_t>(p, begin, end, make_scratch, [&](int64_t n, Scratch& ws, GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<float>& shift = ws.shift;
+    std::vector<float>& log_sum = ws.log_sum;
+    std::vector<float>& inv_sum = ws.inv_sum;
+    std::vector<float>& weights = ws.weights;
+    const student_t* z = student + n * vocab;
+    float z_max, z_log_sum;
+    member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
+    const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
+    if (logits != nullptr) {
+      member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
+    }
+    const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
+    ChunkedSum sum;
+    VecF l, dz;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      VecF mean_prob, log_mean_prob;
+      if (logits != nullptr) {
+        VecF sum_p(0.f);
+        for (int64_t m = 0; m < members; ++m) {
+          sum_p = sum_p + VecF::loadu(weights.data() + m * vocab + k) * VecF(inv_sum[m]);
+        }
+        mean_prob = sum_p * VecF(inv_m);
+        log_mean_prob = log_fast(sum_p) - VecF(log_m);
+      } else {
+        mean_prob = load_float(row + k);
+        log_mean_prob = log_fast(mean_prob);
+      }
+      ensemble_kl_block(load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
+      sum.push(l);
+      if (g != nullptr) store_float(dz * vgrad_scale, g + k);
+    }
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) {
+      float mean_prob, log_mean_prob;
+      if (logits != nullptr) {
+        float sum_p = 0;
+        for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((float(row[m * vocab + k]) - shift[m]) - log_sum[m]);
+        mean_prob = sum_p * inv_m;
+        log_mean_prob = math::log_(sum_p) - log_m;
+      } else {
+        mean_prob = float(row[k]);
+        log_mean_prob = math::log_(mean_prob);
+      }
+      const math::KLClass<float> t = math::ensemble_kl_class(float(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
+      total += double(t.loss);
+      if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
+    }
+    return total;
+  });
+}
+
+void ensemble_kl(const LossView& p, int64_t begin, int64_t end) {
+  dispatch_simd_dtype(p.teacher_type, [&](auto t) {
+    dispatch_simd_dtype(p.student_type, [&](auto s) {
+      ensemble_kl_rows<typename decltype(s)::type, typename decltype(t)::type>(p, begin, end);
+    });
+  });
+}
+
+}  // namespace
+
+EDD_EXT_REGISTER_CPU_KERNEL(ensemble_kl_kernel, ensemble_kl);
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace edd_ext
