@@ -9,7 +9,9 @@ from edd_ext import _ops
 pytestmark = pytest.mark.skipif(not edd_ext.has_extension(), reason="extension not built")
 
 THREADS = 2
-N, M, V = 2 * THREADS, 4, 8192  # M * V = 32768 teacher elements: one position per chunk at least
+# M V = 32768 teacher elements: one position per chunk at least (from statistics, with V elements per position,
+# 32768 / V = 4), so N = 16 positions make at least THREADS chunks everywhere
+N, M, V = 16, 4, 8192
 
 
 def _calls(dtype):

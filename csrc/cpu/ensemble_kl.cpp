@@ -96,8 +96,11 @@ std::tuple<at::Tensor, at::Tensor> ensemble_kl_cpu(const at::Tensor& student_log
       using student_t = typename decltype(s)::type;
       using teacher_t = typename decltype(t)::type;
       using acc_t = loss_acc_t<student_t, teacher_t>;
-      if constexpr (std::is_same_v<acc_t, float>) return cpu::run_simd_kernel(cpu::ensemble_kl_kernel, p);
-      ensemble_kl_rows<student_t, teacher_t, acc_t>(p);
+      if constexpr (std::is_same_v<acc_t, float>) {
+        cpu::run_simd_kernel(cpu::ensemble_kl_kernel, p);
+      } else {
+        ensemble_kl_rows<student_t, teacher_t, acc_t>(p);
+      }
     });
   }
   return {reduced_loss(p), p.grad};

@@ -93,10 +93,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logit_nll_cpu(const at::Tensor& l
       using teacher_t = typename decltype(t)::type;
       using acc_t = loss_acc_t<student_t, teacher_t>;
       if constexpr (std::is_same_v<acc_t, float>) {
-        return cpu::run_simd_kernel(cpu::logit_nll_kernel, p,
-                                    cpu::LogitNllArgs{laplace, norm, 1.0 / temperature, log_or_neg_inf(min_scale)});
+        cpu::run_simd_kernel(cpu::logit_nll_kernel, p,
+                             cpu::LogitNllArgs{laplace, norm, 1.0 / temperature, log_or_neg_inf(min_scale)});
+      } else {
+        logit_nll_rows<student_t, teacher_t, acc_t>(p, laplace, norm, temperature, min_scale);
       }
-      logit_nll_rows<student_t, teacher_t, acc_t>(p, laplace, norm, temperature, min_scale);
     });
   }
   return {reduced_loss(p), p.grad, p.grad_log_scale};

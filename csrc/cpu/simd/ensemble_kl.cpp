@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "edd_ext/cpu/kernels.h"
+#include "edd_ext/cpu/loss_blocks.h"
 #include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/cpu/vec.h"
 #include "edd_ext/cpu/vec_math.h"
@@ -25,77 +26,79 @@ EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const Ve
   grad = exp_fast(log_q) - mean_prob;
 }
 
-template <typename student_t, typename teacher_t>
-void ensemble_kl_rows(const LossView& p, int64_t begin, int64_t end) {
+struct Scratch {
+  std::vector<float> shift, log_sum, inv_sum, weights;
+  std::vector<float> student, grad;  // float32 copies of a float16 / bfloat16 student's rows
+};
+
+// One position, float32 student row z and gradient row g (nullptr: none); returns its loss.
+template <typename teacher_t>
+double ensemble_kl_position(const LossView& p, int64_t n, const float* z, float* g, Scratch& ws) {
   const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
   const float inv_m = float(1.0 / double(members > 0 ? members : 1));
   const float log_m = float(std::log(double(members > 0 ? members : 1)));
-  const student_t* student = p.student_data<student_t>();
   const teacher_t* logits = p.teacher_logits_data<teacher_t>();
-  const teacher_t* rows = p.teacher_rows_data<teacher_t>();
   const float grad_scale = float(p.grad_scale);
+  float* shift = ws.shift.data();
+  float* log_sum = ws.log_sum.data();
+  float* inv_sum = ws.inv_sum.data();
+  float* weights = ws.weights.data();
+  float z_max, z_log_sum;
+  member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
+  const teacher_t* row = logits != nullptr ? logits + n * members * vocab : p.teacher_rows_data<teacher_t>() + n * vocab;
+  if (logits != nullptr) member_normalizers(row, members, vocab, 1.f, shift, log_sum, weights, inv_sum);
+  const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
+  ChunkedSum sum;
+  VecF l, dz;
+  for (int64_t k = 0; k < body; k += kLanes) {
+    VecF mean_prob, log_mean_prob;
+    if (logits != nullptr) {
+      VecF sum_p(0.f);
+      for (int64_t m = 0; m < members; ++m) sum_p = sum_p + VecF::loadu(weights + m * vocab + k) * VecF(inv_sum[m]);
+      mean_prob = sum_p * VecF(inv_m);
+      log_mean_prob = log_fast(sum_p) - VecF(log_m);
+    } else {
+      mean_prob = load_float(row + k);
+      log_mean_prob = log_fast(mean_prob);
+    }
+    ensemble_kl_block(VecF::loadu(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
+    sum.push(l);
+    if (g != nullptr) (dz * vgrad_scale).store(g + k);
+  }
+  double total = sum.result();
+  for (int64_t k = body; k < vocab; ++k) {
+    float mean_prob, log_mean_prob;
+    if (logits != nullptr) {
+      float sum_p = 0;
+      for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((float(row[m * vocab + k]) - shift[m]) - log_sum[m]);
+      mean_prob = sum_p * inv_m;
+      log_mean_prob = math::log_(sum_p) - log_m;
+    } else {
+      mean_prob = float(row[k]);
+      log_mean_prob = math::log_(mean_prob);
+    }
+    const math::KLClass<float> t = math::ensemble_kl_class(z[k], z_max, z_log_sum, mean_prob, log_mean_prob);
+    total += double(t.loss);
+    if (g != nullptr) g[k] = t.grad * grad_scale;
+  }
+  return total;
+}
 
-  struct Scratch {
-    std::vector<float> shift;
-    std::vector<float> log_sum;
-    std::vector<float> inv_sum;
-    std::vector<float> weights;
-  };
+template <typename student_t, typename teacher_t>
+void ensemble_kl_rows(const LossView& p, int64_t begin, int64_t end) {
+  const int64_t vocab = p.vocab, members = p.members;
+  const student_t* student = p.student_data<student_t>();
   auto make_scratch = [&] {
     return Scratch{std::vector<float>(members), std::vector<float>(members), std::vector<float>(members),
-                   std::vector<float>(logits != nullptr ? members * vocab : 0)};
+                   std::vector<float>(p.teacher_logits != nullptr ? members * vocab : 0),
+                   student_scratch<student_t>(vocab), student_scratch<student_t>(vocab)};
   };
-
   position_range<float, student_t>(p, begin, end, make_scratch, [&](int64_t n, Scratch& ws, GradRows<student_t> out) {
-    student_t* g = out.student;
-    std::vector<float>& shift = ws.shift;
-    std::vector<float>& log_sum = ws.log_sum;
-    std::vector<float>& inv_sum = ws.inv_sum;
-    std::vector<float>& weights = ws.weights;
-    const student_t* z = student + n * vocab;
-    float z_max, z_log_sum;
-    member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
-    const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
-    if (logits != nullptr) {
-      member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
-    }
-    const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
-    ChunkedSum sum;
-    VecF l, dz;
-    for (int64_t k = 0; k < body; k += kLanes) {
-      VecF mean_prob, log_mean_prob;
-      if (logits != nullptr) {
-        VecF sum_p(0.f);
-        for (int64_t m = 0; m < members; ++m) {
-          sum_p = sum_p + VecF::loadu(weights.data() + m * vocab + k) * VecF(inv_sum[m]);
-        }
-        mean_prob = sum_p * VecF(inv_m);
-        log_mean_prob = log_fast(sum_p) - VecF(log_m);
-      } else {
-        mean_prob = load_float(row + k);
-        log_mean_prob = log_fast(mean_prob);
-      }
-      ensemble_kl_block(load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
-      sum.push(l);
-      if (g != nullptr) store_float(dz * vgrad_scale, g + k);
-    }
-    double total = sum.result();
-    for (int64_t k = body; k < vocab; ++k) {
-      float mean_prob, log_mean_prob;
-      if (logits != nullptr) {
-        float sum_p = 0;
-        for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((float(row[m * vocab + k]) - shift[m]) - log_sum[m]);
-        mean_prob = sum_p * inv_m;
-        log_mean_prob = math::log_(sum_p) - log_m;
-      } else {
-        mean_prob = float(row[k]);
-        log_mean_prob = math::log_(mean_prob);
-      }
-      const math::KLClass<float> t = math::ensemble_kl_class(float(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
-      total += double(t.loss);
-      if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
-    }
-    return total;
+    float* g = float_grad_row(out.student, ws.grad.data());
+    const double loss = ensemble_kl_position<teacher_t>(p, n, float_row(student + n * vocab, vocab, ws.student.data()),
+                                                        g, ws);
+    store_grad_row(g, out.student, vocab);
+    return loss;
   });
 }
 

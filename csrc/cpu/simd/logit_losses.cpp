@@ -14,60 +14,73 @@ namespace cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-template <typename student_t, typename teacher_t>
-void logit_nll_rows(const LossView& p, const LogitNllArgs& a, int64_t begin, int64_t end) {
+struct Scratch {
+  std::vector<float> shift, offset;             // [M]
+  std::vector<float> loc, log_scale;            // float32 copies of a float16 / bfloat16 student's rows
+  std::vector<float> grad_loc, grad_log_scale;  // and its gradient rows
+};
+
+// One position, with the student's rows mu, rho and gradient rows (nullptr: none) as float32 (float_row), so that
+// it is compiled once per teacher dtype; returns its loss.
+template <typename teacher_t>
+double logit_position(const LossView& p, const LogitNllArgs& a, int64_t n, const float* mu, const float* rho,
+                      float* g_loc, float* g_rho, Scratch& ws) {
   const bool laplace = a.laplace;
-  const math::TeacherNorm norm = a.norm;
   const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
   const float inv_m = float(1.0 / double(members));
   const float inv_t = float(a.inv_temperature), log_min_scale = float(a.log_min_scale);
   const bool no_min_scale = log_min_scale == math::neg_inf<float>();
+  const float grad_scale = float(p.grad_scale);
+  const VecF vgrad_scale(grad_scale);
+  const float* shift = ws.shift.data();
+  const float* offset = ws.offset.data();
+  const teacher_t* row = p.teacher_logits_data<teacher_t>() + n * members * vocab;
+  target_normalizers(row, members, vocab, inv_t, a.norm, ws.shift.data(), ws.offset.data());
+  ChunkedSum sum;
+  for (int64_t k = 0; k < body; k += kLanes) {
+    const VecF vmu = VecF::loadu(mu + k);
+    const ScaleBlock s = scale_block(VecF::loadu(rho + k), log_min_scale, no_min_scale);
+    const LocScaleBlock t = laplace ? laplace_block(row, k, members, vocab, inv_t, shift, offset, vmu, s, inv_m)
+                                    : gaussian_block(row, k, members, vocab, inv_t, shift, offset, vmu, s, inv_m);
+    sum.push(t.loss);
+    if (g_loc != nullptr) {
+      (t.grad_loc * vgrad_scale).store(g_loc + k);
+      (t.grad_log_scale * vgrad_scale).store(g_rho + k);
+    }
+  }
+  double total = sum.result();
+  auto target = [&](int64_t m, int64_t k) { return (float(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
+  for (int64_t k = body; k < vocab; ++k) {
+    const math::LocScaleLossGrad<float> t =
+        math::logit_class<float>(laplace, target, members, k, mu[k], rho[k], log_min_scale, inv_m);
+    total += double(t.loss);
+    if (g_loc != nullptr) {
+      g_loc[k] = t.grad_loc * grad_scale;
+      g_rho[k] = t.grad_log_scale * grad_scale;
+    }
+  }
+  return total;
+}
+
+template <typename student_t, typename teacher_t>
+void logit_nll_rows(const LossView& p, const LogitNllArgs& a, int64_t begin, int64_t end) {
+  const int64_t vocab = p.vocab, members = p.members;
   const student_t* locs = p.student_data<student_t>();
   const student_t* log_scales = p.log_scale_data<student_t>();
-  const teacher_t* logits = p.teacher_logits_data<teacher_t>();
-  const VecF vgrad_scale(float(p.grad_scale));
-  const float grad_scale = float(p.grad_scale);
-
-  struct Scratch {
-    std::vector<float> shift;
-    std::vector<float> offset;
+  auto make_scratch = [&] {
+    return Scratch{std::vector<float>(members),         std::vector<float>(members),
+                   student_scratch<student_t>(vocab), student_scratch<student_t>(vocab),
+                   student_scratch<student_t>(vocab), student_scratch<student_t>(vocab)};
   };
-  auto make_scratch = [&] { return Scratch{std::vector<float>(members), std::vector<float>(members)}; };
-
   position_range<float, student_t>(p, begin, end, make_scratch, [&](int64_t n, Scratch& ws, GradRows<student_t> out) {
-    student_t* g_loc = out.student;
-    student_t* g_rho = out.log_scale;
-    std::vector<float>& shift = ws.shift;
-    std::vector<float>& offset = ws.offset;
-    const student_t* mu_row = locs + n * vocab;
-    const student_t* rho_row = log_scales + n * vocab;
-    const teacher_t* row = logits + n * members * vocab;
-    target_normalizers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
-    ChunkedSum sum;
-    for (int64_t k = 0; k < body; k += kLanes) {
-      const VecF mu = load_float(mu_row + k);
-      const ScaleBlock s = scale_block(load_float(rho_row + k), log_min_scale, no_min_scale);
-      const LocScaleBlock t =
-          laplace ? laplace_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m)
-                  : gaussian_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m);
-      sum.push(t.loss);
-      if (g_loc != nullptr) {
-        store_float(t.grad_loc * vgrad_scale, g_loc + k);
-        store_float(t.grad_log_scale * vgrad_scale, g_rho + k);
-      }
-    }
-    double total = sum.result();
-    auto target = [&](int64_t m, int64_t k) { return (float(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
-    for (int64_t k = body; k < vocab; ++k) {
-      const math::LocScaleLossGrad<float> t =
-          math::logit_class<float>(laplace, target, members, k, float(mu_row[k]), float(rho_row[k]), log_min_scale, inv_m);
-      total += double(t.loss);
-      if (g_loc != nullptr) {
-        g_loc[k] = student_t(t.grad_loc * grad_scale);
-        g_rho[k] = student_t(t.grad_log_scale * grad_scale);
-      }
-    }
-    return total;
+    float* g_loc = float_grad_row(out.student, ws.grad_loc.data());
+    float* g_rho = float_grad_row(out.log_scale, ws.grad_log_scale.data());
+    const double loss =
+        logit_position<teacher_t>(p, a, n, float_row(locs + n * vocab, vocab, ws.loc.data()),
+                                  float_row(log_scales + n * vocab, vocab, ws.log_scale.data()), g_loc, g_rho, ws);
+    store_grad_row(g_loc, out.student, vocab);
+    store_grad_row(g_rho, out.log_scale, vocab);
+    return loss;
   });
 }
 

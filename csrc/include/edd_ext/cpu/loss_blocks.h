@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/cpu/vec.h"
@@ -26,10 +28,53 @@ inline namespace CPU_CAPABILITY {
 // positions route to the scalar kernels.
 constexpr double kMinSimdModelOffset = 1e-6;
 
+// ---- the student's rows as float32 ----
+// The SIMD loss kernels' per-position bodies take the student rows and write the gradient rows as float32, so
+// that each is compiled once per teacher dtype rather than once per (student, teacher) pair: a float32 student's
+// rows are used in place; a float16 / bfloat16 one is widened into a scratch row (exact), and its gradient is
+// computed into a scratch row and rounded to the student's dtype afterwards (the same single rounding as a
+// direct store).
+template <typename student_t>
+const float* float_row(const student_t* row, int64_t vocab, float* scratch) {
+  if constexpr (std::is_same_v<student_t, float>) {
+    return row;
+  } else {
+    const int64_t body = vocab - vocab % kLanes;
+    for (int64_t k = 0; k < body; k += kLanes) load_float(row + k).store(scratch + k);
+    for (int64_t k = body; k < vocab; ++k) scratch[k] = float(row[k]);
+    return scratch;
+  }
+}
+
+// Where the body writes a gradient row (nullptr: no gradient).
+template <typename student_t>
+float* float_grad_row(student_t* grad, float* scratch) {
+  if constexpr (std::is_same_v<student_t, float>) {
+    return grad;
+  } else {
+    return grad != nullptr ? scratch : nullptr;
+  }
+}
+
+// Rounds a gradient row written by float_grad_row into the student's dtype.
+template <typename student_t>
+void store_grad_row(const float* row, student_t* grad, int64_t vocab) {
+  if constexpr (!std::is_same_v<student_t, float>) {
+    if (grad != nullptr) {
+      for (int64_t k = 0; k < vocab; ++k) grad[k] = student_t(row[k]);
+    }
+  }
+}
+
+// Scratch rows for float_row / float_grad_row: `vocab` floats unless the student is float32.
+template <typename student_t>
+std::vector<float> student_scratch(int64_t vocab) {
+  return std::vector<float>(std::is_same_v<student_t, float> ? 0 : vocab);
+}
+
 // e_k = exp(z_k) of a student row into `excess` (float32), and alpha_0 = sum_k e_k + c V summed in double
 // (as cpu::student_precision; 64 x kLanes terms of at most e^80 fit float32 before each flush).
-template <typename student_t>
-double student_excess_row(const student_t* z, int64_t vocab, double c, float* excess) {
+inline double student_excess_row(const float* z, int64_t vocab, double c, float* excess) {
   const int64_t body = vocab - vocab % kLanes;
   ChunkedSum sum;
   for (int64_t k = 0; k < body; k += kLanes) {
