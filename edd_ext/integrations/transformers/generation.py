@@ -9,8 +9,9 @@ After ``generate``, one teacher-forced pass over the hypotheses gives every posi
   of its logits (alpha = exp(z) + ``model_offset``); PE under its expected categorical alpha / alpha_0;
 * a logit-space student (:class:`LogScaleHeadForSeq2SeqLM`): ``E.uncertainty.logit_distribution`` (Monte
   Carlo, ``num_samples`` draws of the ``family`` the model was trained with); PE under softmax(mu);
-* a categorical model (``distribution="categorical"``, e.g. an EnD student or a single teacher): the measures
-  of a one-member ensemble (TU = DU, MI = EPKL = RMI = 0); PE under softmax(z).
+* a categorical model (``distribution="categorical"``, e.g. an EnD student or a single teacher): its entropy
+  as TU = DU (MI = EPKL = RMI = 0: one distribution has no knowledge uncertainty, and only ``total`` and
+  ``pe`` are reported per sequence); PE under softmax(z).
 
 Token measures are averaged over each hypothesis with the chain rule
 (``E.uncertainty.sequence.chain_rule_average``); with ``num_return_sequences = R > 1`` every score is also
@@ -114,7 +115,9 @@ def _token_outputs(model, kind: str, inputs: dict, tokens: Tensor, *, model_offs
         measures = E.uncertainty.dirichlet(z, model_offset=model_offset)
     elif kind == "categorical":
         log_p = torch.log_softmax(z.float(), -1)
-        measures = E.uncertainty.ensemble(z[..., None, :])
+        entropy = E.uncertainty.ensemble(z[..., None, :]).total
+        zero = torch.zeros_like(entropy)
+        measures = E.Uncertainty(entropy, entropy, zero, zero, zero)
     else:
         log_p = torch.log_softmax(z.float(), -1)
         measures = E.uncertainty.logit_distribution(z, out.log_scale, family=kind, num_samples=num_samples,
@@ -168,8 +171,8 @@ def generate_with_uncertainty(
     zero = torch.zeros((), device=mask.device)
     measures = type(measures)(*(torch.where(mask, m.float(), zero) for m in measures))
     token_log_probs = torch.where(mask[:, None, :], token_log_probs, zero)
-    sequence = {name: E.uncertainty.sequence.chain_rule_average(value, mask)
-                for name, value in measures._asdict().items()}
+    names = ("total",) if kind == "categorical" else measures._fields
+    sequence = {name: E.uncertainty.sequence.chain_rule_average(getattr(measures, name), mask) for name in names}
     sequence["pe"] = E.uncertainty.sequence.product_of_expectations(token_log_probs, mask)
     if kind == "ensemble":
         sequence["ep"] = E.uncertainty.sequence.expectation_of_products(token_log_probs, mask)

@@ -10,7 +10,7 @@ model (``generate`` uses the location only).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 from edd_ext._validation import check_choice
 
 from .output_layer import capture_output_layer_input
+from .teachers import teacher_logits
 
 __all__ = ["LogScaleHeadConfig", "LogScaleHeadForSeq2SeqLM", "LogScaleSeq2SeqLMOutput"]
 
@@ -120,6 +121,31 @@ class LogScaleHeadForSeq2SeqLM(PreTrainedModel):
             out = self.base(*args, **kwargs)
         hidden = captured.hidden  # what the wrapped model's output layer read: [B, T, D]
         return LogScaleSeq2SeqLMOutput(log_scale=self.log_scale_head(hidden), **out)
+
+    @torch.no_grad()
+    def init_from_teachers(self, teachers: Sequence[nn.Module], *, labels: Tensor, **inputs) -> None:
+        """Start the log-scale head at the teachers' per-class spread, and the location's per-class offset
+        (the wrapped model's ``final_logits_bias``, where it has one) at their mean log-probability, measured
+        on one batch (``labels`` ``[B, T]`` with -100 at padding; ``inputs`` as for ``forward``).
+
+        A logit-space student regresses all V teacher log-probabilities, most of them near ln(1/V) or far
+        below; starting there spares the optimiser moving every class by many nats first.
+        """
+        inputs = dict(inputs)
+        if inputs.get("decoder_input_ids") is None:
+            inputs["decoder_input_ids"] = self.prepare_decoder_input_ids_from_labels(labels)
+        x = torch.log_softmax(teacher_logits(teachers, inputs).float(), -1)[labels.ne(-100)]  # [N, M, V]
+        mean = x.mean(1)
+        spread = (mean.var(0, unbiased=False) + x.var(1, unbiased=False).mean(0)).clamp_min(1e-4).sqrt()
+        self.log_scale_head.bias.copy_(spread.log())
+        self.log_scale_head.weight.mul_(0.1)
+        final = getattr(self.base, "final_logits_bias", None)
+        if final is not None:
+            final.copy_(mean.mean(0).reshape(final.shape))
+
+    @property
+    def generation_config(self):
+        return self.base.generation_config
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
