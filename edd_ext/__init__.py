@@ -2,7 +2,7 @@
 
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
-from . import amalgamation, metrics, nn, plotting, uncertainty
+from . import amalgamation, distributed, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
@@ -22,6 +22,7 @@ __all__ = [
     "metrics",
     "plotting",
     "amalgamation",
+    "distributed",
     "EnsembleStats",
     "Uncertainty",
     "DirichletUncertainty",
