@@ -63,7 +63,7 @@ class EnsembleForGeneration(PreTrainedModel, GenerationMixin):
         members = list(members)
         if not members:
             raise ValueError("members: expected at least one model, got an empty sequence")
-        check_same_vocabulary(members[0], members[1:], reference_name="members[0]", others_name="members")
+        check_same_vocabulary(members[0], members, reference_name="members[0]", others_name="members")
         first = members[0].config
         config = EnsembleConfig(vocab_size=members[0].get_output_embeddings().out_features,
                                 **{k: getattr(first, k, None) for k in _SPECIAL_IDS})
