@@ -24,7 +24,8 @@ ROOT = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "distributed_worker.py")
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 NEEDS_TRANSFORMERS = pytest.mark.skipif(
-    not HAS_TRANSFORMERS, reason="transformers is not installed (optional extra: pip install \"edd_ext[transformers]\")")
+    not HAS_TRANSFORMERS,
+    reason="transformers is not installed (optional extra: pip install \"edd_ext[transformers]\")")
 PLAIN_LOSSES = ("proxy_dirichlet_kl", "logit_laplace_nll")
 TRAINER_LOSSES = ("proxy_dirichlet_kl", "logit_gaussian_nll")
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -57,7 +58,7 @@ def _assert_same(single: dict, ddp: dict) -> None:
     torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(single["losses"]), **TOL)
     assert single["params"].keys() == ddp["params"].keys()
     for name, value in single["params"].items():
-        torch.testing.assert_close(ddp["params"][name], value, **TOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ddp["params"][name], value, **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _max_param_difference(single: dict, other: dict) -> float:

@@ -18,14 +18,26 @@ import torch.nn.functional as F
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (optional extra: pip install \"edd_ext[transformers]\")")
 
-from transformers import (AutoModelForSeq2SeqLM, BartConfig, BartForConditionalGeneration,  # noqa: E402
-                          DataCollatorForSeq2Seq, MarianMTModel, Seq2SeqTrainingArguments, T5ForConditionalGeneration)
+from transformers import (  # noqa: E402
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    BartForConditionalGeneration,
+    DataCollatorForSeq2Seq,
+    MarianMTModel,
+    Seq2SeqTrainingArguments,
+    T5ForConditionalGeneration,
+)
 
 import edd_ext as E  # noqa: E402
 from edd_ext import reference as R  # noqa: E402
-from edd_ext.integrations.transformers import (DistillationObjective, EnsembleDistillationTrainer,  # noqa: E402
-                                               EnsembleForGeneration, LogScaleHeadConfig, LogScaleHeadForSeq2SeqLM,
-                                               generate_with_uncertainty)
+from edd_ext.integrations.transformers import (  # noqa: E402
+    DistillationObjective,
+    EnsembleDistillationTrainer,
+    EnsembleForGeneration,
+    LogScaleHeadConfig,
+    LogScaleHeadForSeq2SeqLM,
+    generate_with_uncertainty,
+)
 from edd_ext.integrations.transformers.generation import _scored_mask  # noqa: E402
 from edd_ext.integrations.transformers.objective import LOSSES, linear_losses_available  # noqa: E402
 from edd_ext.integrations.transformers.output_layer import hidden_states_only, output_layer  # noqa: E402
@@ -255,7 +267,8 @@ def test_trainer_gradient_accumulation_equals_one_batch(tok, tmp_path):
         trainer.train()
         params.append(dict(student.named_parameters()))
     for name, value in params[0].items():
-        torch.testing.assert_close(params[1][name], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(params[1][name], value, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     assert any(not torch.equal(v, dict(init.named_parameters())[k]) for k, v in params[0].items())
 
 
@@ -299,7 +312,7 @@ def test_linear_path_equals_the_logits_path(tok, tmp_path, arch, loss):
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
     assert grads[0][1].keys() == grads[1][1].keys()
     for name, g in grads[0][1].items():
-        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_linear_losses_requested_but_missing(tok, tmp_path):

@@ -22,13 +22,21 @@ import time
 import numpy as np
 import sacrebleu
 import torch
-from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments,
-                          set_seed)
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    DataCollatorForSeq2Seq,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
 
 import edd_ext as E
 from edd_ext.demo.corpus import toy_corpus
-from edd_ext.integrations.transformers import (EnsembleDistillationTrainer, LogScaleHeadForSeq2SeqLM,
-                                               generate_with_uncertainty)
+from edd_ext.integrations.transformers import (
+    EnsembleDistillationTrainer,
+    LogScaleHeadForSeq2SeqLM,
+    generate_with_uncertainty,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from toy_seq2seq import encode_pairs, marian_config, t5_config, word_tokenizer  # noqa: E402

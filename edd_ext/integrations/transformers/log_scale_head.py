@@ -86,7 +86,7 @@ class LogScaleHeadForSeq2SeqLM(PreTrainedModel):
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, *, init_log_scale: float = 0.0,
-                   family: str = "gaussian") -> "LogScaleHeadForSeq2SeqLM":
+                   family: str = "gaussian") -> LogScaleHeadForSeq2SeqLM:
         """Wrap ``model`` (its weights are kept; the head starts at weight 0.02 N(0, 1), bias
         ``init_log_scale``)."""
         # a copy of the model's configuration: building this one must not change the model's (e.g. its attention

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, List, Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
