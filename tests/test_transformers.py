@@ -9,6 +9,7 @@ tests are in tests/test_distributed.py.
 import copy
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -42,8 +43,8 @@ from edd_ext.integrations.transformers.generation import _scored_mask  # noqa: E
 from edd_ext.integrations.transformers.objective import LOSSES, linear_losses_available  # noqa: E402
 from edd_ext.integrations.transformers.output_layer import hidden_states_only, output_layer  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_examples",
-                                "transformers"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python_examples", "transformers"))
 from toy_seq2seq import encode_pairs, marian_config, t5_config, word_tokenizer  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(24)]
@@ -100,6 +101,13 @@ def trainer_for(tok, student, teachers, tmp_path, **kw):
                                        train_dataset=encode_pairs(tok, SOURCES, TARGETS),
                                        data_collator=DataCollatorForSeq2Seq(tok, model=student), processing_class=tok,
                                        **kw)
+
+
+def test_installed_transformers_is_the_pinned_version():
+    """CI installs the version setup.py's [transformers] extra pins: the two must not drift apart."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        pinned = re.search(r'"transformers==([^"]+)"', f.read()).group(1)
+    assert transformers.__version__ == pinned
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,6 +321,11 @@ def test_linear_path_equals_the_logits_path(tok, tmp_path, arch, loss):
     assert grads[0][1].keys() == grads[1][1].keys()
     for name, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_linear_losses_are_the_default_when_available(tok, tmp_path):
+    trainer = trainer_for(tok, make(tok), [make(tok, seed=1)], tmp_path, loss="ensemble_kl")
+    assert trainer.use_linear_losses is linear_losses_available()
 
 
 def test_linear_losses_requested_but_missing(tok, tmp_path):

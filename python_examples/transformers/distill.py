@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -159,6 +160,10 @@ def main(argv=None):
                ("Proxy-Dirichlet", proxy, "dirichlet"), ("Logit-Laplace", laplace, None)]
     results = [evaluate(name, system, distribution, tokenizer, corpus, args) for name, system, distribution in systems]
     report(results, corpus)
+    broken = [r["name"] for r in results
+              if not all(math.isfinite(v) for v in [r["bleu"], *r["mean_auroc"].values()])]
+    if broken:
+        raise SystemExit(f"non-finite BLEU or AUROC for {broken}")
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     print(f"total {time.perf_counter() - start:.0f} s; results in {args.output_dir}/results.json")
