@@ -45,7 +45,7 @@ from toy_seq2seq import encode_pairs, marian_config, t5_config, word_tokenizer  
 PRESETS = {
     "default": dict(vocab=1000, train_size=8000, test_size=200, teacher_steps=600, student_steps=600,
                     batch_size=32, d_model=64, ffn=256, lr=3e-3),
-    "quick": dict(vocab=300, train_size=2000, test_size=60, teacher_steps=500, student_steps=500,
+    "quick": dict(vocab=300, train_size=2000, test_size=60, teacher_steps=500, student_steps=400,
                   batch_size=32, d_model=64, ffn=128, lr=3e-3),
 }
 MEASURES = ("total", "data", "mutual_information", "epkl", "rmi", "pe", "ep")
