@@ -38,9 +38,9 @@ class EnsembleDistillationTrainer(Seq2SeqTrainer):
         args: ``Seq2SeqTrainingArguments``; the other keyword arguments as for ``Seq2SeqTrainer``
             (``train_dataset``, ``data_collator``, ``processing_class``, ...). Batches must hold ``labels``
             ``[B, T]`` with -100 at padding (``DataCollatorForSeq2Seq`` does this).
-        teachers: a list of seq2seq models with the student's vocabulary. They are moved to the training
-            device, frozen, run in evaluation mode under ``torch.no_grad()`` and never wrapped for data
-            parallelism (each process runs all of them on its own micro-batches).
+        teachers: a list of seq2seq models with the student's vocabulary. They are moved (in place) to the
+            training device and ``teacher_dtype``, frozen, run in evaluation mode under ``torch.no_grad()`` and
+            never wrapped for data parallelism (each process runs all of them on its own micro-batches).
         loss: one of ``"ensemble_kl"``, ``"dirichlet_nll"``, ``"proxy_dirichlet_kl"``, ``"logit_gaussian_nll"``,
             ``"logit_laplace_nll"`` (SPEC section 2).
         loss_options: keyword options of that loss (e.g. ``{"direction": "forward"}``, ``{"min_scale": 0.01}``).
