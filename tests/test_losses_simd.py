@@ -180,3 +180,61 @@ def test_mask_and_nan_isolation(name):
     assert torch.isnan(loss[3])
     torch.testing.assert_close(loss[[0, 2]], clean_loss[[0, 2]], rtol=0, atol=0)
     torch.testing.assert_close(grad[[0, 2]], clean_grad[[0, 2]], rtol=0, atol=0)
+
+
+# The members' normalisers run over blocks of 2048 classes, each summed relative to the largest maximum so far
+# and brought to the final one at the end (edd_ext/cpu/teacher_rows.h): the maximum early, late, or in the row
+# tail, with and without temperature.
+NORMALISER_V = 2 * 2048 + 905
+
+
+def _ramped_logits(where):
+    """Teacher logits whose members reach their maxima in the first block, the last block or the row tail."""
+    def make(dtype):
+        u = _randn(3, 2, NORMALISER_V, seed=20, scale=3.0)
+        ramp = torch.linspace(-6.0, 6.0, NORMALISER_V, dtype=F64)
+        u = u + (ramp.flip(0) if where == "first" else ramp)
+        if where == "tail":
+            u[..., -1] = 40.0
+        return u.to(dtype)
+    return make
+
+
+@pytest.mark.parametrize("where", ["first", "last", "tail"])
+@pytest.mark.parametrize("name", sorted(DISTILL))
+def test_normaliser_blocks_match_float64(name, where):
+    z = _randn(3, NORMALISER_V, seed=21)
+    _compare(DISTILL[name], [z], _ramped_logits(where), torch.float32)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_normaliser_blocks_logit_and_stats(where):
+    loc, log_scale = _randn(3, NORMALISER_V, seed=22, scale=3.0) - 8.0, _randn(3, NORMALISER_V, seed=23, scale=0.3)
+    _compare(lambda mu, rho, t: edd_ext.logit_gaussian_nll(mu, rho, t, reduction="none"), [loc, log_scale],
+             _ramped_logits(where), torch.float32)
+    u = _ramped_logits(where)(F64)
+    for temperature in (1.0, 2.5):
+        got = edd_ext.ensemble_stats(u.float(), temperature=temperature)
+        want = edd_ext.ensemble_stats(u, temperature=temperature)
+        torch.testing.assert_close(got.mean_probs.double(), want.mean_probs, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(got.mean_log_probs.double(), want.mean_log_probs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.mutual_information.double(), want.mutual_information, rtol=1e-4, atol=1e-6)
+
+
+def test_leading_blocks_without_a_finite_logit():
+    """A member whose first blocks are all -inf (probability 0) normalises like one whose first blocks are finite
+    but e^-1e30 times smaller: the same probabilities, loss and gradient."""
+    u = _randn(2, 3, NORMALISER_V, seed=24, scale=3.0).float()
+    u_inf, u_tiny = u.clone(), u.clone()
+    u_inf[:, 1, : 2 * 2048 + 7] = float("-inf")
+    u_tiny[:, 1, : 2 * 2048 + 7] = -1e30
+    z = _randn(2, NORMALISER_V, seed=25).float()
+    loss_inf, (grad_inf,) = _loss_and_grads(lambda s: edd_ext.ensemble_kl(s, u_inf, reduction="none"), [z],
+                                            torch.float32)
+    loss_tiny, (grad_tiny,) = _loss_and_grads(lambda s: edd_ext.ensemble_kl(s, u_tiny, reduction="none"), [z],
+                                              torch.float32)
+    assert torch.isfinite(loss_inf).all()
+    torch.testing.assert_close(loss_inf, loss_tiny, rtol=0, atol=0)
+    torch.testing.assert_close(grad_inf, grad_tiny, rtol=0, atol=0)
+    torch.testing.assert_close(edd_ext.ensemble_stats(u_inf).mean_probs, edd_ext.ensemble_stats(u_tiny).mean_probs,
+                               rtol=0, atol=0)
