@@ -97,8 +97,8 @@ def main(argv=None):
     if args.write:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python benchmarks/" + " ".join([os.path.basename(__file__)] + (argv or sys.argv[1:]))
-        lines = [f"\n## floor\n\n- date: {stamp}\n- machine: {common.machine()}; CPU kernels: "
-                 f"{edd_ext.cpu_capability()}; load average at the start {load_start:.1f}, at the end "
+        lines = [f"\n## floor\n\n- date: {stamp}\n- machine: {common.machine()}; "
+                 f"load average at the start {load_start:.1f}, at the end "
                  f"{os.getloadavg()[0]:.1f}\n- torch {torch.__version__}, Python {sys.version.split()[0]}\n"
                  f"- command: `{command}`\n",
                  "The vector helpers, all threads busy, a 16 KiB block of arguments in the range the kernels see:\n",

@@ -66,12 +66,13 @@ def _backward_rows(rows):
     return out
 
 
-def run(device, shapes, dtypes, losses, repeats, compiled):
+def run(device, shapes, dtypes, losses, repeats, compiled, which=("edd_ext", "eager", "compiled")):
     rows = []
     for name in losses:
         impls = {"edd_ext": getattr(edd_ext, name), "eager": getattr(reference, name)}
         if compiled:
             impls["compiled"] = torch.compile(getattr(reference, name), dynamic=False)
+        impls = {impl: fn for impl, fn in impls.items() if impl in which}
         for n, m, v in shapes:
             for dtype in dtypes:
                 args, params = make_inputs(name, n, m, v, dtype, device)
@@ -103,6 +104,7 @@ def main(argv=None):
     p.add_argument("--shapes", default=None, help="e.g. 1024x5x32000,1024x10x8000")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--impls", default="edd_ext,eager,compiled", help="which implementations to run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
@@ -112,7 +114,8 @@ def main(argv=None):
     else:
         shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    rows = run(device, shapes, dtypes, args.losses.split(","), args.repeats, not args.no_compile)
+    rows = run(device, shapes, dtypes, args.losses.split(","), args.repeats, not args.no_compile,
+               tuple(args.impls.split(",")))
     if args.write:
         args = argv if argv is not None else sys.argv[1:]
         cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + args)

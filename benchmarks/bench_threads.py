@@ -80,8 +80,8 @@ def run(threads, dtypes, repeats):
 
 def write(rows, threads, command, load_start):
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"\n## thread scaling\n\n- date: {stamp}\n- machine: {common.machine()}; CPU kernels: "
-             f"{edd_ext.cpu_capability()}; load average at the start {load_start:.1f}, at the end "
+    lines = [f"\n## thread scaling\n\n- date: {stamp}\n- machine: {common.machine()}; "
+             f"load average at the start {load_start:.1f}, at the end "
              f"{os.getloadavg()[0]:.1f}\n- torch {torch.__version__}, Python {sys.version.split()[0]}\n"
              f"- command: `{command}`\n",
              f"| op | mode | shape | dtype | 1 thread ms | {threads} threads ms | speedup |",

@@ -29,7 +29,9 @@ def machine() -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    import edd_ext
+
+    return f"{model}, {torch.get_num_threads()} threads, CPU kernels: {edd_ext.cpu_capability()}"
 
 
 def _rss_kb(field_name: str) -> int:

@@ -182,9 +182,8 @@ def test_mask_and_nan_isolation(name):
     torch.testing.assert_close(grad[[0, 2]], clean_grad[[0, 2]], rtol=0, atol=0)
 
 
-# The members' normalisers run over blocks of 2048 classes, each summed relative to the largest maximum so far
-# and brought to the final one at the end (edd_ext/cpu/teacher_rows.h): the maximum early, late, or in the row
-# tail, with and without temperature.
+# The members' normalisers (edd_ext/cpu/teacher_rows.h) over rows of several thousand classes: the maximum
+# early, late, or in the row tail, with and without temperature, and leading runs of -inf.
 NORMALISER_V = 2 * 2048 + 905
 
 
@@ -202,13 +201,13 @@ def _ramped_logits(where):
 
 @pytest.mark.parametrize("where", ["first", "last", "tail"])
 @pytest.mark.parametrize("name", sorted(DISTILL))
-def test_normaliser_blocks_match_float64(name, where):
+def test_normalisers_match_float64(name, where):
     z = _randn(3, NORMALISER_V, seed=21)
     _compare(DISTILL[name], [z], _ramped_logits(where), torch.float32)
 
 
 @pytest.mark.parametrize("where", ["first", "last"])
-def test_normaliser_blocks_logit_and_stats(where):
+def test_normalisers_logit_and_stats(where):
     loc, log_scale = _randn(3, NORMALISER_V, seed=22, scale=3.0) - 8.0, _randn(3, NORMALISER_V, seed=23, scale=0.3)
     _compare(lambda mu, rho, t: edd_ext.logit_gaussian_nll(mu, rho, t, reduction="none"), [loc, log_scale],
              _ramped_logits(where), torch.float32)
@@ -221,9 +220,9 @@ def test_normaliser_blocks_logit_and_stats(where):
         torch.testing.assert_close(got.mutual_information.double(), want.mutual_information, rtol=1e-4, atol=1e-6)
 
 
-def test_leading_blocks_without_a_finite_logit():
-    """A member whose first blocks are all -inf (probability 0) normalises like one whose first blocks are finite
-    but e^-1e30 times smaller: the same probabilities, loss and gradient."""
+def test_leading_classes_without_a_finite_logit():
+    """A member whose first thousands of classes are -inf (probability 0) normalises like one whose first classes
+    are finite but e^-1e30 times smaller: the same probabilities, loss and gradient."""
     u = _randn(2, 3, NORMALISER_V, seed=24, scale=3.0).float()
     u_inf, u_tiny = u.clone(), u.clone()
     u_inf[:, 1, : 2 * 2048 + 7] = float("-inf")

@@ -38,55 +38,62 @@ struct Scratch {
 
 // ---- EnD^2 ----
 // e = exp(z) and alpha_0 in a first pass over the student (e kept in a scratch row); from logits, the members'
-// normalisers, whose exponential pass also sums the shifted logits over the members into the teacher row
-// (the teacher's M rows are read twice in all: for the maxima, then for the exponentials and the sum); then
-// one class pass over the two rows.
+// normalisers, whose exponential pass also sums the shifted logits over the members into the teacher row (the
+// teacher's M rows are read twice in all: for the maxima, then for the exponentials and the sum); then one
+// class pass over the two rows.
 
-// The members' mean log-probabilities of position n as a float32 row:
-//   l_k = (1/M) sum_m ((u_mk - shift_m) - log_sum_m) = (1/M) (D_k - sum_m log_sum_m),
-// D_k = sum_m (u_mk - shift_m) from the normaliser pass (the row tail with the scalar formula); from
-// statistics, the given row.
+// The members' mean log-probabilities l of position n: l_k = (row_k - sub) * scale in the SIMD body, l_k = row_k
+// in the row tail.
+struct NllTeacher {
+  const float* row;
+  float sub, scale;
+};
+
+// From logits, l_k = (1/M) sum_m ((u_mk - shift_m) - log_sum_m) = (1/M) (D_k - sum_m log_sum_m) with
+// D_k = sum_m (u_mk - shift_m) from the normaliser pass (member_normalizers), the row tail with the scalar
+// formula; from statistics, the given row (sub 0, scale 1: exact).
 template <typename teacher_t>
-const float* nll_teacher_row(const LossView& p, int64_t n, Scratch& ws) {
+NllTeacher nll_teacher_row(const LossView& p, int64_t n, Scratch& ws) {
   const int64_t vocab = p.vocab, members = p.members, body = vocab - vocab % kLanes;
   const teacher_t* logits = p.teacher_logits_data<teacher_t>();
-  if (logits == nullptr) return float_row(p.teacher_rows_data<teacher_t>() + n * vocab, vocab, ws.teacher.data());
+  if (logits == nullptr) {
+    return NllTeacher{float_row(p.teacher_rows_data<teacher_t>() + n * vocab, vocab, ws.teacher.data()), 0.f, 1.f};
+  }
   const float inv_m = float(1.0 / double(members));
   const teacher_t* row = logits + n * members * vocab;
   float* shift = ws.shift.data();
   float* log_sum = ws.log_sum.data();
   float* l = ws.teacher.data();
   member_normalizers(row, members, vocab, 1.f, shift, log_sum, nullptr, nullptr, l);
-  float total_log_sum = 0.f;
-  for (int64_t m = 0; m < members; ++m) total_log_sum += log_sum[m];
-  const VecF vtotal_log_sum(total_log_sum), vinv_m(inv_m);
-  for (int64_t k = 0; k < body; k += kLanes) ((VecF::loadu(l + k) - vtotal_log_sum) * vinv_m).store(l + k);
+  float sub = 0.f;
+  for (int64_t m = 0; m < members; ++m) sub += log_sum[m];
   for (int64_t k = body; k < vocab; ++k) {
     float acc = 0;
     for (int64_t m = 0; m < members; ++m) acc += (float(row[m * vocab + k]) - shift[m]) - log_sum[m];
     l[k] = acc * inv_m;
   }
-  return l;
+  return NllTeacher{l, sub, inv_m};
 }
 
-double nll_class_pass(const float* z, float* g, const float* mean_log_prob, const DirichletNllArgs& a,
+double nll_class_pass(const float* z, float* g, const NllTeacher& teacher, const DirichletNllArgs& a,
                       int64_t vocab, float grad_scale, Scratch& ws) {
   const int64_t body = vocab - vocab % kLanes;
   const float c = float(a.model_offset), log_c = float(a.log_model_offset), c_minus_one = float(a.model_offset - 1);
   const double alpha0 = student_excess_row(z, vocab, a.model_offset, ws.excess.data());
   const float digamma_alpha0 = float(math::digamma(alpha0));
   const NllConsts consts{VecF(c), VecF(c_minus_one), VecF(digamma_alpha0)};
-  const VecF vgrad_scale(grad_scale);
+  const VecF vgrad_scale(grad_scale), vsub(teacher.sub), vscale(teacher.scale);
   ChunkedSum sum;
   VecF l, dz;
   for (int64_t k = 0; k < body; k += kLanes) {
-    dirichlet_nll_block(VecF::loadu(ws.excess.data() + k), VecF::loadu(mean_log_prob + k), consts, l, dz);
+    const VecF mean_log_prob = (VecF::loadu(teacher.row + k) - vsub) * vscale;
+    dirichlet_nll_block(VecF::loadu(ws.excess.data() + k), mean_log_prob, consts, l, dz);
     emit_block(l, dz, vgrad_scale, g, k, sum);
   }
   double total = sum.result();
   for (int64_t k = body; k < vocab; ++k) {
     const math::ClassLossGrad<float> t =
-        math::dirichlet_nll_class(z[k], c, log_c, c_minus_one, mean_log_prob[k], digamma_alpha0);
+        math::dirichlet_nll_class(z[k], c, log_c, c_minus_one, teacher.row[k], digamma_alpha0);
     total += double(t.loss);
     if (g != nullptr) g[k] = t.grad * grad_scale;
   }
@@ -103,10 +110,10 @@ void dirichlet_nll_rows(const LossView& p, const DirichletNllArgs& a, int64_t be
                    student_scratch<student_t>(vocab)};
   };
   position_range<float, student_t>(p, begin, end, make_scratch, [&](int64_t n, Scratch& ws, GradRows<student_t> out) {
-    const float* mean_log_prob = nll_teacher_row<teacher_t>(p, n, ws);
+    const NllTeacher teacher = nll_teacher_row<teacher_t>(p, n, ws);
     float* g = float_grad_row(out.student, ws.grad.data());
-    const double loss = nll_class_pass(float_row(student + n * vocab, vocab, ws.student.data()), g, mean_log_prob,
-                                       a, vocab, float(p.grad_scale), ws);
+    const double loss = nll_class_pass(float_row(student + n * vocab, vocab, ws.student.data()), g, teacher, a,
+                                       vocab, float(p.grad_scale), ws);
     store_grad_row(g, out.student, vocab);
     return loss;
   });

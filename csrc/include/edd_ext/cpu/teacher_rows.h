@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "edd_ext/cpu/teacher_class.h"
 #include "edd_ext/cpu/vec.h"
@@ -25,111 +24,56 @@ struct TeacherOptions {
   float log1m_eps = 0.f, log_eps_over_v = 0.f;
 };
 
-// Classes per block of member_normalizers: 8 KiB of float32 logits, which stay in L1 between the block's
-// maximum and its exponentials.
-constexpr int64_t kNormaliserBlock = 2048;
-
-// The largest of u[begin, end) (a multiple of kLanes long): four independent chains, as this pass streams the
-// logits from memory. The maximum need not propagate NaN: a NaN logit makes the exponential sum NaN.
-template <typename scalar_t>
-EDD_CPU_INLINE float block_max(const scalar_t* u, int64_t begin, int64_t end) {
-  const VecF lowest(-std::numeric_limits<float>::infinity());
-  VecF vmax[4] = {lowest, lowest, lowest, lowest};
-  int64_t k0 = begin;
-  for (; k0 + 4 * kLanes <= end; k0 += 4 * kLanes) {
-    for (int j = 0; j < 4; ++j) vmax[j] = fast_max(vmax[j], load_float(u + k0 + j * kLanes));
-  }
-  for (; k0 < end; k0 += kLanes) vmax[0] = fast_max(vmax[0], load_float(u + k0));
-  return horizontal_max(fast_max(fast_max(vmax[0], vmax[1]), fast_max(vmax[2], vmax[3])));
-}
-
-// Member m's log-probabilities are l_mk = (u_mk / T - shift[m]) - log_sum[m], shift[m] = max_k u_mk / T.
-// Subtracting the maximum first keeps l exact for large logits; the exponential sums are accumulated in double.
+// Member m's log-probabilities are l_mk = (u_mk / T - shift[m]) - log_sum[m]. Subtracting the maximum first
+// keeps l exact for large logits; the exponential sums are accumulated in double.
 // With `weights` ([M, V], optional) the SIMD body's w_mk = exp(u_mk / T - shift_m) are kept, and inv_sum_m =
 // 1 / sum_k w_mk, so that a later pass forms p_mk = w_mk inv_sum_m without a second exponential (within
-// ~3 ulp of exp(l_mk)). With `shifted_sum` ([V], optional, not with `weights`) the SIMD body's
+// ~2 ulp of exp(l_mk)). With `shifted_sum` ([V], optional, not with `weights`) the SIMD body's
 // sum_m (u_mk / T - shift_m) is written there, from the exponential pass's own arguments, so that a later pass
 // forms the members' mean log-probability from one row instead of reading the M rows again.
-//
-// One pass over the logits, a block of kNormaliserBlock classes at a time: the block's maximum, then, while the
-// block is in L1, its exponentials relative to the largest maximum seen so far (ref_b). Blocks summed relative
-// to a maximum that a later block exceeded are brought to the final one at the end: the block's double sum
-// times exp(ref_b - shift), its kept weights times the same factor, its shifted sums plus ref_b - shift. (Two
-// passes -- all maxima, then all exponentials -- read the logits from memory twice and do not overlap the
-// stream with the arithmetic: 25-35% slower on the AVX-512 machine of benchmarks/RESULTS.md.) Leading blocks
-// with no finite logit yet are summed at the end, against the final maximum.
 template <typename scalar_t>
 void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, float inv_t, float* shift,
                         float* log_sum, float* weights = nullptr, float* inv_sum = nullptr,
                         float* shifted_sum = nullptr) {
   const int64_t body = vocab - vocab % kLanes;
-  const int64_t blocks = (body + kNormaliserBlock - 1) / kNormaliserBlock;
-  std::vector<float> refs(static_cast<size_t>(blocks));
-  std::vector<double> sums(static_cast<size_t>(blocks));
-  const VecF vt(inv_t);
   for (int64_t m = 0; m < members; ++m) {
     const scalar_t* u = row + m * vocab;
-    float* w = weights != nullptr ? weights + m * vocab : nullptr;
-    // u / T - max <= 0 (or NaN); T = 1 (the losses' teachers) skips the product, which is exact then
-    auto shifted = [&](int64_t k, const VecF& vmx) {
-      return (inv_t == 1.f ? load_float(u + k) : load_float(u + k) * vt) - vmx;
-    };
-    auto sum_block = [&](int64_t b, float ref) {
-      const int64_t b0 = b * kNormaliserBlock, b1 = std::min(body, b0 + kNormaliserBlock);
-      const VecF vmx(ref * inv_t);
-      ChunkedSum sum;
-      if (shifted_sum != nullptr) {
-        for (int64_t k = b0; k < b1; k += kLanes) {
-          const VecF d = shifted(k, vmx);
-          sum.push(exp_nonpositive(d));
-          (m == 0 ? d : VecF::loadu(shifted_sum + k) + d).store(shifted_sum + k);
-        }
-      } else if (w != nullptr) {
-        for (int64_t k = b0; k < b1; k += kLanes) {
-          const VecF e = exp_nonpositive(shifted(k, vmx));
-          e.store(w + k);
-          sum.push(e);
-        }
-      } else {
-        for (int64_t k = b0; k < b1; k += kLanes) sum.push(exp_nonpositive(shifted(k, vmx)));
-      }
-      refs[size_t(b)] = ref;
-      sums[size_t(b)] = sum.result();
-    };
-    float mx = -std::numeric_limits<float>::infinity();
+    // the maximum need not propagate NaN: a NaN logit makes the exponential sum NaN
+    // (four independent chains: this pass streams the logits from memory)
+    const VecF lowest(-std::numeric_limits<float>::infinity());
+    VecF vmax[4] = {lowest, lowest, lowest, lowest};
+    int64_t k0 = 0;
+    for (; k0 + 4 * kLanes <= body; k0 += 4 * kLanes) {
+      for (int j = 0; j < 4; ++j) vmax[j] = fast_max(vmax[j], load_float(u + k0 + j * kLanes));
+    }
+    for (; k0 < body; k0 += kLanes) vmax[0] = fast_max(vmax[0], load_float(u + k0));
+    float mx = horizontal_max(fast_max(fast_max(vmax[0], vmax[1]), fast_max(vmax[2], vmax[3])));
     for (int64_t k = body; k < vocab; ++k) mx = std::max(mx, float(u[k]));
-    int64_t deferred = 0;  // leading blocks with no finite maximum yet
-    for (int64_t b = 0; b < blocks; ++b) {
-      const float block = block_max(u, b * kNormaliserBlock, std::min(body, (b + 1) * kNormaliserBlock));
-      if (block > mx) mx = block;
-      if (mx == -std::numeric_limits<float>::infinity() && deferred == b) {
-        ++deferred;
-        continue;
+    mx *= inv_t;  // T > 0
+    const VecF vt(inv_t), vmx(mx);
+    // u / T - max <= 0 (or NaN); T = 1 (the losses' teachers) skips the product, which is exact then
+    auto shifted = [&](int64_t k) { return (inv_t == 1.f ? load_float(u + k) : load_float(u + k) * vt) - vmx; };
+    auto weight = [&](int64_t k) { return exp_nonpositive(shifted(k)); };
+    ChunkedSum sum;
+    if (shifted_sum != nullptr) {
+      for (int64_t k = 0; k < body; k += kLanes) {
+        const VecF d = shifted(k);
+        sum.push(exp_nonpositive(d));
+        (m == 0 ? d : VecF::loadu(shifted_sum + k) + d).store(shifted_sum + k);
       }
-      sum_block(b, mx);
+    } else if (weights != nullptr) {
+      float* w = weights + m * vocab;
+      for (int64_t k = 0; k < body; k += kLanes) {
+        const VecF e = weight(k);
+        e.store(w + k);
+        sum.push(e);
+      }
+    } else {
+      for (int64_t k = 0; k < body; k += kLanes) sum.push(weight(k));
     }
-    for (int64_t b = 0; b < deferred; ++b) sum_block(b, mx);
-    const float mxs = mx * inv_t;  // T > 0
-    double total = 0;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const float ref = refs[size_t(b)];
-      if (ref == mx) {
-        total += sums[size_t(b)];
-        continue;
-      }
-      const double factor = std::exp(double(ref * inv_t) - double(mxs));
-      total += sums[size_t(b)] * factor;
-      const int64_t b0 = b * kNormaliserBlock, b1 = std::min(body, b0 + kNormaliserBlock);
-      if (shifted_sum != nullptr) {
-        const VecF delta(ref * inv_t - mxs);
-        for (int64_t k = b0; k < b1; k += kLanes) (VecF::loadu(shifted_sum + k) + delta).store(shifted_sum + k);
-      } else if (w != nullptr) {
-        const VecF f = VecF(static_cast<float>(factor));
-        for (int64_t k = b0; k < b1; k += kLanes) (VecF::loadu(w + k) * f).store(w + k);
-      }
-    }
-    for (int64_t k = body; k < vocab; ++k) total += std::exp(double(float(u[k]) * inv_t - mxs));
-    shift[m] = mxs;
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) total += std::exp(double(float(u[k]) * inv_t - mx));
+    shift[m] = mx;
     log_sum[m] = float(std::log(total));
     if (inv_sum != nullptr) inv_sum[m] = float(1.0 / total);
   }
