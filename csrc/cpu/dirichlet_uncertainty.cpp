@@ -64,16 +64,10 @@ at::Tensor dirichlet_uncertainty_cpu(const at::Tensor& student_logits, double mo
   DirichletProblem p = make_dirichlet_problem(student_logits, model_offset);
   if (p.positions == 0) return p.out;
   if (p.logits.scalar_type() != at::kDouble && p.offset >= cpu::kMinSimdModelOffset) {
-    cpu::DirichletUncertaintyView v;
-    v.logits = p.logits.const_data_ptr();
-    v.dtype = p.logits.scalar_type();
-    v.out = p.out.mutable_data_ptr<double>();
-    v.positions = p.positions;
-    v.vocab = p.vocab;
-    v.offset = p.offset;
-    v.log_offset = p.log_offset;
-    cpu::DirichletUncertaintyKernel* kernel = cpu::dirichlet_uncertainty_kernel.get();
-    cpu::parallel_positions(p.positions, dirichlet_grain(p), [&](int64_t begin, int64_t end) { kernel(v, begin, end); });
+    const cpu::DirichletUncertaintyView v{.logits = p.logits.const_data_ptr(), .dtype = p.logits.scalar_type(),
+                                          .out = p.out.mutable_data_ptr<double>(), .positions = p.positions,
+                                          .vocab = p.vocab, .offset = p.offset, .log_offset = p.log_offset};
+    cpu::run_kernel(cpu::dirichlet_uncertainty_kernel, p.positions, dirichlet_grain(p), v);
     return p.out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty",

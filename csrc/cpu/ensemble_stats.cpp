@@ -59,23 +59,14 @@ EnsembleStatsProblem run(const at::Tensor& teacher_logits, double temperature, d
                          p.measures.mutable_data_ptr<double>());
     return p;
   }
-  cpu::EnsembleStatsView v;
-  v.logits = p.logits.const_data_ptr();
-  v.dtype = p.logits.scalar_type();
-  v.mean_probs = with_rows ? p.mean_probs.mutable_data_ptr<float>() : nullptr;
-  v.mean_log_probs = with_rows ? p.mean_log_probs.mutable_data_ptr<float>() : nullptr;
-  v.measures = p.measures.mutable_data_ptr<float>();
-  v.positions = p.positions;
-  v.members = p.members;
-  v.vocab = p.vocab;
-  v.inv_temperature = p.inv_temperature;
-  v.inv_members = p.inv_members;
-  v.log_members = p.log_members;
-  v.smooth = p.smooth;
-  v.log1m_eps = p.log1m_eps;
-  v.log_eps_over_v = p.log_eps_over_v;
-  cpu::EnsembleStatsKernel* kernel = cpu::ensemble_stats_kernel.get();
-  cpu::parallel_positions(p.positions, grain_for(p), [&](int64_t begin, int64_t end) { kernel(v, begin, end); });
+  const cpu::EnsembleStatsView v{
+      .logits = p.logits.const_data_ptr(), .dtype = p.logits.scalar_type(),
+      .mean_probs = with_rows ? p.mean_probs.mutable_data_ptr<float>() : nullptr,
+      .mean_log_probs = with_rows ? p.mean_log_probs.mutable_data_ptr<float>() : nullptr,
+      .measures = p.measures.mutable_data_ptr<float>(), .positions = p.positions, .members = p.members,
+      .vocab = p.vocab, .inv_temperature = p.inv_temperature, .inv_members = p.inv_members,
+      .log_members = p.log_members, .smooth = p.smooth, .log1m_eps = p.log1m_eps, .log_eps_over_v = p.log_eps_over_v};
+  cpu::run_kernel(cpu::ensemble_stats_kernel, p.positions, grain_for(p), v);
   return p;
 }
 

@@ -32,23 +32,13 @@ at::Tensor logit_distribution_uncertainty_cpu(const at::Tensor& loc, const at::T
                                               double temperature, double min_scale) {
   LogitProblem p = make_logit_problem(loc, log_scale, family, num_samples, seed, temperature, min_scale);
   if (p.positions == 0) return p.out;
-  cpu::LogitSamplingView v;
-  v.loc = p.loc.const_data_ptr();
-  v.log_scale = p.log_scale.const_data_ptr();
-  v.dtype = p.loc.scalar_type();
-  v.out = p.out.mutable_data_ptr();
-  v.positions = p.positions;
-  v.vocab = p.vocab;
-  v.samples = p.samples;
-  v.family = p.family;
-  v.seed = p.seed;
-  v.inv_temperature = p.inv_temperature;
-  v.min_scale = p.min_scale;
-  v.inv_samples = p.inv_samples;
-  v.log_samples = p.log_samples;
+  const cpu::LogitSamplingView v{
+      .loc = p.loc.const_data_ptr(), .log_scale = p.log_scale.const_data_ptr(), .dtype = p.loc.scalar_type(),
+      .out = p.out.mutable_data_ptr(), .positions = p.positions, .vocab = p.vocab, .samples = p.samples,
+      .family = p.family, .seed = p.seed, .inv_temperature = p.inv_temperature, .min_scale = p.min_scale,
+      .inv_samples = p.inv_samples, .log_samples = p.log_samples};
   if (v.dtype != at::kDouble) {
-    cpu::LogitSamplingKernel* kernel = cpu::logit_sampling_kernel.get();
-    cpu::parallel_positions(p.positions, 1, [&](int64_t begin, int64_t end) { kernel(v, begin, end); });
+    cpu::run_kernel(cpu::logit_sampling_kernel, p.positions, 1, v);
   } else if (p.family == Family::kGaussian) {
     cpu::parallel_positions(p.positions, 1, [&](int64_t begin, int64_t end) {
       cpu::logit_positions<Family::kGaussian, double, double>(v, begin, end);

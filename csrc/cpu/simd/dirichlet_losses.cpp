@@ -243,18 +243,14 @@ void proxy_kl_rows(const LossView& p, const ProxyOptions& o, int64_t begin, int6
 }
 
 void dirichlet_nll(const LossView& p, const DirichletNllArgs& a, int64_t begin, int64_t end) {
-  dispatch_simd_dtype(p.teacher_type, [&](auto t) {
-    dispatch_simd_dtype(p.student_type, [&](auto s) {
-      dirichlet_nll_rows<typename decltype(s)::type, typename decltype(t)::type>(p, a, begin, end);
-    });
+  dispatch_simd_pair(p, [&](auto s, auto t) {
+    dirichlet_nll_rows<typename decltype(s)::type, typename decltype(t)::type>(p, a, begin, end);
   });
 }
 
 void proxy_kl(const LossView& p, const ProxyOptions& o, int64_t begin, int64_t end) {
-  dispatch_simd_dtype(p.teacher_type, [&](auto t) {
-    dispatch_simd_dtype(p.student_type, [&](auto s) {
-      proxy_kl_rows<typename decltype(s)::type, typename decltype(t)::type>(p, o, begin, end);
-    });
+  dispatch_simd_pair(p, [&](auto s, auto t) {
+    proxy_kl_rows<typename decltype(s)::type, typename decltype(t)::type>(p, o, begin, end);
   });
 }
 

@@ -103,10 +103,8 @@ void ensemble_kl_rows(const LossView& p, int64_t begin, int64_t end) {
 }
 
 void ensemble_kl(const LossView& p, int64_t begin, int64_t end) {
-  dispatch_simd_dtype(p.teacher_type, [&](auto t) {
-    dispatch_simd_dtype(p.student_type, [&](auto s) {
-      ensemble_kl_rows<typename decltype(s)::type, typename decltype(t)::type>(p, begin, end);
-    });
+  dispatch_simd_pair(p, [&](auto s, auto t) {
+    ensemble_kl_rows<typename decltype(s)::type, typename decltype(t)::type>(p, begin, end);
   });
 }
 

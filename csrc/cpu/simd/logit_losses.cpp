@@ -85,10 +85,8 @@ void logit_nll_rows(const LossView& p, const LogitNllArgs& a, int64_t begin, int
 }
 
 void logit_nll(const LossView& p, const LogitNllArgs& a, int64_t begin, int64_t end) {
-  dispatch_simd_dtype(p.teacher_type, [&](auto t) {
-    dispatch_simd_dtype(p.student_type, [&](auto s) {
-      logit_nll_rows<typename decltype(s)::type, typename decltype(t)::type>(p, a, begin, end);
-    });
+  dispatch_simd_pair(p, [&](auto s, auto t) {
+    logit_nll_rows<typename decltype(s)::type, typename decltype(t)::type>(p, a, begin, end);
   });
 }
 

@@ -141,5 +141,11 @@ void dispatch_simd_dtype(c10::ScalarType t, F&& f) {
   }
 }
 
+// f(DtypeTag<student_t>{}, DtypeTag<teacher_t>{}) for a loss view's student and teacher dtypes.
+template <typename F>
+void dispatch_simd_pair(const LossView& v, F&& f) {
+  dispatch_simd_dtype(v.teacher_type, [&](auto t) { dispatch_simd_dtype(v.student_type, [&](auto s) { f(s, t); }); });
+}
+
 }  // namespace cpu
 }  // namespace edd_ext

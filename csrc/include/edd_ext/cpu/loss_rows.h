@@ -108,13 +108,10 @@ void for_each_position(const LossProblem& p, MakeScratch&& make_scratch, Body&& 
 }
 
 // A per-capability SIMD loss kernel (`kernel`, a Kernel<Fn> of edd_ext/cpu/kernels.h) on every chunk of positions,
-// in parallel: kernel_version(view, args..., begin, end).
+// in parallel: version(view, args..., begin, end).
 template <typename Fn, typename... Args>
 void run_simd_kernel(const Kernel<Fn>& kernel, const LossProblem& p, const Args&... args) {
-  Fn* run = kernel.get();
-  const LossView v = loss_view(p);
-  parallel_positions(p.positions, grain_for(p.members, p.vocab),
-                     [&](int64_t begin, int64_t end) { run(v, args..., begin, end); });
+  run_kernel(kernel, p.positions, grain_for(p.members, p.vocab), loss_view(p), args...);
 }
 
 }  // namespace cpu

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "edd_ext/cpu/capability.h"
+
 namespace edd_ext {
 namespace cpu {
 
@@ -27,6 +29,14 @@ void parallel_positions(int64_t positions, int64_t grain, const F& f) {
     if (testing::recording_threads()) testing::record_thread();
     f(begin, end);
   });
+}
+
+// A per-capability kernel (edd_ext/cpu/kernels.h) on every chunk of [0, positions), in parallel: the running
+// capability's version of `kernel`, called as version(view, args..., begin, end).
+template <typename Fn, typename View, typename... Args>
+void run_kernel(const Kernel<Fn>& kernel, int64_t positions, int64_t grain, const View& view, const Args&... args) {
+  Fn* version = kernel.get();
+  parallel_positions(positions, grain, [&](int64_t begin, int64_t end) { version(view, args..., begin, end); });
 }
 
 }  // namespace cpu
