@@ -22,7 +22,7 @@ GPU_SHAPES = [(1024, 5, 32000), (4096, 5, 32000), (4096, 10, 50000), (1024, 5, 1
 QUICK_SHAPES = [(256, 5, 8000)]
 
 
-def run(device: torch.device, shapes, dtypes, repeats: int, compiled: bool):
+def run(device: torch.device, shapes, dtypes, repeats: int, compiled: bool, interleave: bool = False):
     rows = []
     compiled_ref = torch.compile(reference.ensemble_stats, dynamic=False) if compiled else None
     for n, m, v in shapes:
@@ -32,8 +32,10 @@ def run(device: torch.device, shapes, dtypes, repeats: int, compiled: bool):
             impls = {"edd_ext": lambda x=x: edd_ext.ensemble_stats(x), "eager": lambda x=x: reference.ensemble_stats(x)}
             if compiled_ref is not None:
                 impls["compiled"] = lambda x=x: compiled_ref(x)
+            if interleave:
+                medians = common.interleaved_medians(impls, device, repeats=repeats, warmup=1)
             for impl, fn in impls.items():
-                ms = common.median_time(fn, device, repeats=repeats, warmup=1)
+                ms = medians[impl] if interleave else common.median_time(fn, device, repeats=repeats, warmup=1)
                 peak = common.peak_extra_memory(fn, device)
                 rows.append(common.Row("ensemble_stats", "forward", impl, f"N={n} M={m} V={v}",
                                        str(dtype).replace("torch.", ""), device.type, ms, peak, input_mib))
@@ -47,13 +49,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="one small shape (a smoke run)")
+    p.add_argument("--shapes", default=None, help="e.g. 1024x5x32000")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--interleave", action="store_true",
+                   help="time the implementations in rounds, one call of each per round (a loaded machine)")
     p.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md and results.csv")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
-    rows = run(device, shapes, [torch.float32, torch.bfloat16], args.repeats, not args.no_compile)
+    if args.shapes:
+        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    rows = run(device, shapes, [torch.float32, torch.bfloat16], args.repeats, not args.no_compile, args.interleave)
     if args.write:
         command = " ".join([os.path.basename(__file__)] + (argv or sys.argv[1:]))
         common.write_results(rows, "python benchmarks/" + command,

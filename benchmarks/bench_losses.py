@@ -66,7 +66,8 @@ def _backward_rows(rows):
     return out
 
 
-def run(device, shapes, dtypes, losses, repeats, compiled, which=("edd_ext", "eager", "compiled")):
+def run(device, shapes, dtypes, losses, repeats, compiled, which=("edd_ext", "eager", "compiled"), max_seconds=20.0,
+        interleave=False):
     rows = []
     for name in losses:
         impls = {"edd_ext": getattr(edd_ext, name), "eager": getattr(reference, name)}
@@ -78,10 +79,13 @@ def run(device, shapes, dtypes, losses, repeats, compiled, which=("edd_ext", "ea
                 args, params = make_inputs(name, n, m, v, dtype, device)
                 input_mib = sum(a.numel() * a.element_size() for a in args) / 2**20
                 for mode, backward in (("forward", False), ("full", True)):
-                    for impl, fn in impls.items():
-                        run_once = functools.partial(step, fn, args, params, backward)
+                    calls = {impl: functools.partial(step, fn, args, params, backward) for impl, fn in impls.items()}
+                    if interleave:
+                        medians = common.interleaved_medians(calls, device, repeats=repeats, warmup=1)
+                    for impl, run_once in calls.items():
                         try:
-                            ms = common.median_time(run_once, device, repeats=repeats, warmup=1)
+                            ms = medians[impl] if interleave else common.median_time(
+                                run_once, device, repeats=repeats, warmup=1, max_seconds=max_seconds)
                             peak = common.peak_extra_memory(run_once, device)
                         except (RuntimeError, MemoryError) as exc:  # e.g. the eager peer out of memory
                             print(f"{impl} {name} failed: {exc}", flush=True)
@@ -105,6 +109,10 @@ def main(argv=None):
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--impls", default="edd_ext,eager,compiled", help="which implementations to run")
+    p.add_argument("--max-seconds", type=float, default=20.0,
+                   help="stop repeating a case after this long (at least 3 repeats)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the implementations in rounds, one call of each per round (a loaded machine)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
@@ -115,7 +123,7 @@ def main(argv=None):
         shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     rows = run(device, shapes, dtypes, args.losses.split(","), args.repeats, not args.no_compile,
-               tuple(args.impls.split(",")))
+               tuple(args.impls.split(",")), args.max_seconds, args.interleave)
     if args.write:
         args = argv if argv is not None else sys.argv[1:]
         cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + args)

@@ -41,9 +41,11 @@ def cases(num_samples):
     }
 
 
-def run(device, shapes, dtypes, repeats, compiled, num_samples):
+def run(device, shapes, dtypes, repeats, compiled, num_samples, interleave=False, only=None):
     rows = []
     for name, (ours, ref) in cases(num_samples).items():
+        if only is not None and not name.startswith(only):
+            continue
         impls = {"edd_ext": ours, "eager": ref}
         if compiled:
             impls["compiled"] = torch.compile(ref, dynamic=False)
@@ -52,10 +54,13 @@ def run(device, shapes, dtypes, repeats, compiled, num_samples):
                 z = torch.randn(n, v, device=device).mul_(2).to(dtype)
                 r = (0.3 * torch.randn(n, v, device=device) - 1).to(dtype)
                 input_mib = 2 * z.numel() * z.element_size() / 2**20
-                for impl, fn in impls.items():
-                    call = functools.partial(fn, z, r)
+                calls = {impl: functools.partial(fn, z, r) for impl, fn in impls.items()}
+                if interleave:
+                    medians = common.interleaved_medians(calls, device, repeats=repeats, warmup=1)
+                for impl, call in calls.items():
                     try:
-                        ms = common.median_time(call, device, repeats=repeats, warmup=1)
+                        ms = medians[impl] if interleave else common.median_time(call, device, repeats=repeats,
+                                                                                 warmup=1)
                         peak = common.peak_extra_memory(call, device)
                     except (RuntimeError, MemoryError) as exc:
                         print(f"{impl} {name} failed: {exc}", flush=True)
@@ -76,12 +81,15 @@ def main(argv=None):
     p.add_argument("--dtypes", default="float32")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--interleave", action="store_true",
+                   help="time the implementations in rounds, one call of each per round (a loaded machine)")
+    p.add_argument("--only", default=None, help="the measures whose name starts with this, e.g. uncertainty.dirichlet")
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    rows = run(device, shapes, dtypes, args.repeats, not args.no_compile, args.num_samples)
+    rows = run(device, shapes, dtypes, args.repeats, not args.no_compile, args.num_samples, args.interleave, args.only)
     if args.write:
         args = argv if argv is not None else sys.argv[1:]
         cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + args)

@@ -94,6 +94,25 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5
     return statistics.median(times)
 
 
+def interleaved_medians(fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
+                        warmup: int = 1) -> Dict[str, float]:
+    """Median wall time (ms) of each of ``fns`` over ``repeats`` rounds, one call of each per round (after
+    ``warmup`` calls of each), so that a change of machine load during the measurement hits every peer alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 @dataclass
 class Row:
     op: str
