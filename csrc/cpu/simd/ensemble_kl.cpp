@@ -17,18 +17,18 @@ namespace cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// ensemble_kl_class for kLanes classes.
-EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
-                                      const VecF& log_mean_prob, VecF& loss, VecF& grad) {
-  const VecF zero(0.f);
+// ensemble_kl_class's loss for kLanes classes; its gradient q - pi^ takes q = softmax(z) from the exp(z - max)
+// the student's normaliser pass keeps (no second exponential).
+EDD_CPU_INLINE VecF ensemble_kl_loss(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
+                                     const VecF& log_mean_prob) {
   const VecF log_q = (z - z_max) - z_log_sum;
-  loss = VecF::blendv(mean_prob * (log_mean_prob - log_q), zero, mean_prob == zero);
-  grad = exp_fast(log_q) - mean_prob;
+  return VecF::blendv(mean_prob * (log_mean_prob - log_q), VecF(0.f), mean_prob == VecF(0.f));
 }
 
 struct Scratch {
   std::vector<float> shift, log_sum, inv_sum, weights;
-  std::vector<float> student, grad;  // float32 copies of a float16 / bfloat16 student's rows
+  std::vector<float> student_weights;  // exp(z - max z) [V], with a gradient
+  std::vector<float> student, grad;    // float32 copies of a float16 / bfloat16 student's rows
 };
 
 // One position, float32 student row z and gradient row g (nullptr: none); returns its loss.
@@ -43,13 +43,13 @@ double ensemble_kl_position(const LossView& p, int64_t n, const float* z, float*
   float* log_sum = ws.log_sum.data();
   float* inv_sum = ws.inv_sum.data();
   float* weights = ws.weights.data();
-  float z_max, z_log_sum;
-  member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
+  float z_max, z_log_sum, z_inv_sum = 0.f;
+  float* q = g != nullptr ? ws.student_weights.data() : nullptr;
+  member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum, q, &z_inv_sum);
   const teacher_t* row = logits != nullptr ? logits + n * members * vocab : p.teacher_rows_data<teacher_t>() + n * vocab;
   if (logits != nullptr) member_normalizers(row, members, vocab, 1.f, shift, log_sum, weights, inv_sum);
-  const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
+  const VecF vz_max(z_max), vz_log_sum(z_log_sum), vz_inv_sum(z_inv_sum), vgrad_scale(grad_scale);
   ChunkedSum sum;
-  VecF l, dz;
   for (int64_t k = 0; k < body; k += kLanes) {
     VecF mean_prob, log_mean_prob;
     if (logits != nullptr) {
@@ -61,9 +61,8 @@ double ensemble_kl_position(const LossView& p, int64_t n, const float* z, float*
       mean_prob = load_float(row + k);
       log_mean_prob = log_fast(mean_prob);
     }
-    ensemble_kl_block(VecF::loadu(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
-    sum.push(l);
-    if (g != nullptr) (dz * vgrad_scale).store(g + k);
+    sum.push(ensemble_kl_loss(VecF::loadu(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob));
+    if (g != nullptr) ((VecF::loadu(q + k) * vz_inv_sum - mean_prob) * vgrad_scale).store(g + k);
   }
   double total = sum.result();
   for (int64_t k = body; k < vocab; ++k) {
@@ -91,7 +90,8 @@ void ensemble_kl_rows(const LossView& p, int64_t begin, int64_t end) {
   auto make_scratch = [&] {
     return Scratch{std::vector<float>(members), std::vector<float>(members), std::vector<float>(members),
                    std::vector<float>(p.teacher_logits != nullptr ? members * vocab : 0),
-                   student_scratch<student_t>(vocab), student_scratch<student_t>(vocab)};
+                   std::vector<float>(p.grad != nullptr ? vocab : 0), student_scratch<student_t>(vocab),
+                   student_scratch<student_t>(vocab)};
   };
   position_range<float, student_t>(p, begin, end, make_scratch, [&](int64_t n, Scratch& ws, GradRows<student_t> out) {
     float* g = float_grad_row(out.student, ws.grad.data());

@@ -29,13 +29,20 @@ void ensemble_rows(const EnsembleStatsView& p, int64_t begin, int64_t end) {
   o.log1m_eps = float(p.log1m_eps);
   o.log_eps_over_v = float(p.log_eps_over_v);
 
-  std::vector<float> shift(members), log_sum(members);
+  // Without smoothing, the members' probabilities come from the exponentials the normaliser pass keeps ([M, V]
+  // scratch, teacher_block_weighted): half the exponentials of teacher_block.
+  std::vector<float> shift(members), log_sum(members), inv_sum(members);
+  std::vector<float> weights(o.smooth ? 0 : members * vocab);
   for (int64_t n = begin; n < end; ++n) {
     const scalar_t* row = logits + n * members * vocab;
-    member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data());
+    member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data(),
+                       o.smooth ? nullptr : weights.data(), inv_sum.data());
     ChunkedSum sums[math::kNumMeasures];
     for (int64_t k = 0; k < body; k += kLanes) {
-      const TeacherBlock b = teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o);
+      const TeacherBlock b =
+          o.smooth ? teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o)
+                   : teacher_block_weighted(row, weights.data(), inv_sum.data(), k, members, vocab, shift.data(),
+                                            log_sum.data(), o);
       const VecF p_log_p = b.mean_prob * b.log_mean_prob;
       sums[0].push(VecF(0.f) - p_log_p);
       sums[1].push(VecF(0.f) - b.mean_p_log_p);
