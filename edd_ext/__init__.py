@@ -2,12 +2,12 @@
 
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
-from . import amalgamation, metrics, nn, plotting, uncertainty
+from . import amalgamation, cache, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
 from ._version import __version__  # noqa: F401  (the version, single-sourced)
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
-from .types import DirichletUncertainty, EnsembleStats, Uncertainty
+from .types import DirichletUncertainty, EnsembleStats, TopKEnsembleStats, Uncertainty
 
 __all__ = [
     "ensemble_stats",
@@ -21,7 +21,9 @@ __all__ = [
     "metrics",
     "plotting",
     "amalgamation",
+    "cache",
     "EnsembleStats",
+    "TopKEnsembleStats",
     "Uncertainty",
     "DirichletUncertainty",
     "has_extension",

@@ -18,15 +18,22 @@ from typing import Callable, Optional, Union
 
 from torch import Tensor
 
-from .types import EnsembleStats
+from .types import EnsembleStats, TopKEnsembleStats
 
-#: A teacher is either raw logits ``[*, M, V]`` or precomputed :class:`EnsembleStats`.
-Teacher = Union[Tensor, EnsembleStats]
+#: A teacher is raw logits ``[*, M, V]``, precomputed :class:`EnsembleStats` or :class:`TopKEnsembleStats`.
+Teacher = Union[Tensor, EnsembleStats, TopKEnsembleStats]
 
 _SHAPES = """
+    A :class:`~edd_ext.TopKEnsembleStats` teacher (``ensemble_stats(..., top_k=k)``, SPEC section 1.1) stands for
+    the dense target in which each of the V - k classes outside its ``indices`` has mean probability
+    ``tail_mass / (V - k)`` and mean log-probability ``tail_mean_log_prob`` (the mean of l- over those classes),
+    and the listed classes their own values; its measures are exact over all V. With k = V the loss equals the
+    dense one; with k < V it approximates it (the fused kernels read the sparse target directly).
+
     Shape:
-        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`~edd_ext.EnsembleStats` (uses {uses});
-        mask: ``[*]`` bool (True = a real position). Output: ``[*]`` for ``reduction="none"``, else a scalar.
+        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits, :class:`~edd_ext.EnsembleStats` (uses {uses}) or
+        :class:`~edd_ext.TopKEnsembleStats` (uses {topk_uses}); mask: ``[*]`` bool (True = a real position).
+        Output: ``[*]`` for ``reduction="none"``, else a scalar.
 """
 
 _LOGIT_SHAPES = """
@@ -156,9 +163,11 @@ def ensemble_kl(
 
 
 logit_laplace_nll.__signature__ = inspect.signature(logit_gaussian_nll)  # the same keywords and defaults
-dirichlet_nll.__doc__ += _SHAPES.format(uses="``mean_log_probs``")
-proxy_dirichlet_kl.__doc__ += _SHAPES.format(uses="``mean_probs`` and ``rmi`` or ``epkl``")
-ensemble_kl.__doc__ += _SHAPES.format(uses="``mean_probs``")
+dirichlet_nll.__doc__ += _SHAPES.format(uses="``mean_log_probs``",
+                                        topk_uses="``mean_log_probs`` and ``tail_mean_log_prob``")
+proxy_dirichlet_kl.__doc__ += _SHAPES.format(uses="``mean_probs`` and ``rmi`` or ``epkl``",
+                                             topk_uses="``mean_probs``, ``tail_mass`` and ``rmi`` or ``epkl``")
+ensemble_kl.__doc__ += _SHAPES.format(uses="``mean_probs``", topk_uses="``mean_probs`` and ``tail_mass``")
 logit_gaussian_nll.__doc__ = logit_gaussian_nll.__doc__.replace("\n\n", "\n" + _TEACHER_NORM + "\n", 1) + _LOGIT_SHAPES
 logit_laplace_nll.__doc__ = logit_laplace_nll.__doc__.replace("\n\n", "\n" + _TEACHER_NORM + "\n", 1) + _LOGIT_SHAPES
 

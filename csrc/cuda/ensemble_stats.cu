@@ -45,13 +45,8 @@ __global__ void ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64
     __syncthreads();
     double sums[math::kNumMeasures] = {0, 0, 0, 0, 0};
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
-      math::MemberMoments<acc_t> moments;
-      for (int64_t m = 0; m < members; ++m) {
-        acc_t l = (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
-        if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
-        moments.push(l);
-      }
-      const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
+      const math::ClassTerms<acc_t> terms = math::ensemble_class_terms(row, k, members, vocab, shift, log_sum, inv_t,
+                                                                      smooth, log1m_eps, log_eps_v, inv_m, log_m);
 #pragma unroll
       for (int i = 0; i < math::kNumMeasures; ++i) sums[i] += double(terms.measure[i]);
       if (mean_probs != nullptr) {

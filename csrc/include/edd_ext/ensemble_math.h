@@ -74,5 +74,21 @@ struct MemberMoments {
   }
 };
 
+// The terms of class k of one position's logits u [M, V], given each member's normalisers (the maximum `shift`
+// and `log_sum` = ln sum_k exp(u / T - shift)): l_m = (u_mk / T - shift_m) - log_sum_m, smoothed in log space
+// when asked, pushed into MemberMoments.
+template <typename scalar_t, typename T>
+EDD_HD ClassTerms<T> ensemble_class_terms(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
+                                          const T* shift, const T* log_sum, T inv_t, bool smooth, T log1m_eps,
+                                          T log_eps_over_v, T inv_members, T log_members) {
+  MemberMoments<T> moments;
+  for (int64_t m = 0; m < members; ++m) {
+    T l = (T(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
+    if (smooth) l = smooth_log_prob(l, log1m_eps, log_eps_over_v);
+    moments.push(l);
+  }
+  return moments.finish(inv_members, log_members);
+}
+
 }  // namespace math
 }  // namespace edd_ext

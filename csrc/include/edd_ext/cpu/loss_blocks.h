@@ -87,6 +87,15 @@ EDD_CPU_INLINE void proxy_kl_block(const VecF& e, const VecF& mean_prob, const P
   }
 }
 
+// ---- EnD baseline (ensemble_kl_class) ----
+EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
+                                      const VecF& log_mean_prob, VecF& loss, VecF& grad) {
+  const VecF zero(0.f);
+  const VecF log_q = (z - z_max) - z_log_sum;
+  loss = VecF::blendv(mean_prob * (log_mean_prob - log_q), zero, mean_prob == zero);
+  grad = exp_fast(log_q) - mean_prob;
+}
+
 // ---- Logit-space losses (gaussian_class, laplace_class) ----
 // Per-member normalisers of the targets x_mk = (u_mk / T - shift_m) - offset_m for every teacher_norm
 // (cpu_teacher.h, member_normalisers): log_softmax through member_normalizers; center sums u / T in double.
