@@ -89,22 +89,19 @@ double class_pass(const ListedClasses& listed, int64_t vocab, student_t* g, acc_
 }
 
 // The position loop: a masked position gets its zero loss and gradient row; every other position n gets
-// loss[n] = body(n, scratch, listed classes, gradient row), with `make_scratch()` called once per task.
-template <typename acc_t, typename student_t, typename MakeScratch, typename Body>
-void for_each_listed_position(const LossProblem& p, const TopKTarget& t, MakeScratch&& make_scratch, Body&& body) {
-  const int64_t vocab = p.vocab, k = t.k;
-  const bool* mask = p.mask_data();
-  const int64_t* indices = t.indices.const_data_ptr<int64_t>();
-  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
-  at::parallel_for(0, p.positions, cpu::grain_for(1, vocab), [&](int64_t begin, int64_t end) {
+// loss[n] = body(n, scratch, listed classes, student row, values row, gradient row), `make_scratch()` called once
+// per task.
+template <typename student_t, typename teacher_t, typename acc_t, typename MakeScratch, typename Body>
+void for_each_listed_position(const TopKArgs<student_t, teacher_t, acc_t>& a, MakeScratch&& make_scratch,
+                              Body&& body) {
+  at::parallel_for(0, a.positions, cpu::grain_for(1, a.vocab), [&](int64_t begin, int64_t end) {
     auto scratch = make_scratch();
     ListedClasses listed;
     for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      listed.sort(indices + n * k, k, vocab, n);
-      loss[n] = acc_t(body(n, scratch, listed, g));
+      student_t* g = a.grad != nullptr ? a.grad + n * a.vocab : nullptr;
+      if (cpu::skip_masked(a.mask, n, a.loss, a.vocab, g)) continue;
+      listed.sort(a.indices + n * a.k, a.k, a.vocab, n);
+      a.loss[n] = acc_t(body(n, scratch, listed, a.student + n * a.vocab, a.values + n * a.k, g));
     }
   });
 }
@@ -123,25 +120,21 @@ auto excess_scratch(int64_t vocab) {
 
 // EnD^2 (dirichlet_nll_class): l-_j = the listed mean log-probability, or lambda for a tail class.
 template <bool kSimd, typename student_t, typename teacher_t, typename acc_t>
-void dirichlet_nll_rows(const LossProblem& p, const TopKTarget& t, double model_offset) {
-  const int64_t vocab = p.vocab, k = t.k;
+void dirichlet_nll_rows(const TopKArgs<student_t, teacher_t, acc_t>& a, acc_t grad_scale, double model_offset) {
   const acc_t c = acc_t(model_offset), log_c = acc_t(log_or_neg_inf(model_offset));
-  const acc_t c_minus_one = acc_t(model_offset - 1), grad_scale = acc_t(p.grad_scale);
-  const student_t* student = p.student.const_data_ptr<student_t>();
-  const teacher_t* values = t.values.const_data_ptr<teacher_t>();
-  const double* tail = t.tail.const_data_ptr<double>();
-  for_each_listed_position<acc_t, student_t>(p, t, excess_scratch<kSimd>(vocab), [&](int64_t n, std::vector<float>& excess,
-                                                                               const ListedClasses& listed,
-                                                                               student_t* g) {
-    const student_t* z = student + n * vocab;
-    const teacher_t* row = values + n * k;
-    const double alpha0 = student_alpha0<kSimd, student_t, acc_t>(z, vocab, model_offset, excess);
-    const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0)), tail_log_prob = acc_t(tail[n]);
+  const acc_t c_minus_one = acc_t(model_offset - 1);
+  for_each_listed_position(a, excess_scratch<kSimd>(a.vocab), [&](int64_t n, std::vector<float>& excess,
+                                                                  const ListedClasses& listed, const student_t* z,
+                                                                  const teacher_t* row, student_t* g) {
+    const double alpha0 = student_alpha0<kSimd, student_t, acc_t>(z, a.vocab, model_offset, excess);
+    const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0)), tail_log_prob = acc_t(a.tail[n]);
     const cpu::NllConsts consts{VecF(float(c)), VecF(float(c_minus_one)), VecF(float(digamma_alpha0))};
     const VecF vtail = VecF(float(tail_log_prob));
     const double sum = class_pass<kSimd, student_t, acc_t>(
-        listed, vocab, g, grad_scale,
-        [&](int64_t j, VecF& l, VecF& dz) { cpu::dirichlet_nll_block(VecF::loadu(excess.data() + j), vtail, consts, l, dz); },
+        listed, a.vocab, g, grad_scale,
+        [&](int64_t j, VecF& l, VecF& dz) {
+          cpu::dirichlet_nll_block(VecF::loadu(excess.data() + j), vtail, consts, l, dz);
+        },
         [&](int64_t j, int64_t slot) {
           return math::dirichlet_nll_class(acc_t(z[j]), c, log_c, c_minus_one,
                                            slot < 0 ? tail_log_prob : acc_t(row[slot]), digamma_alpha0);
@@ -153,27 +146,19 @@ void dirichlet_nll_rows(const LossProblem& p, const TopKTarget& t, double model_
 // Proxy-Dirichlet KL (proxy_kl_class): pi^_j = the listed mean probability, or tau / (V - k) for a tail class;
 // sum_j pi^_j = the listed ones' sum + tau. The SIMD kernels take the mode as kMode; the scalar ones read o.mode.
 template <bool kSimd, math::ProxyMode kMode, typename student_t, typename teacher_t, typename acc_t>
-void proxy_kl_rows(const LossProblem& p, const TopKTarget& t, const ProxyOptions& o) {
-  const int64_t vocab = p.vocab, k = t.k;
+void proxy_kl_rows(const TopKArgs<student_t, teacher_t, acc_t>& a, acc_t grad_scale, const ProxyOptions& o) {
   const acc_t c = acc_t(o.model_offset), log_c = acc_t(o.log_model_offset), t_off = acc_t(o.target_offset);
-  const acc_t grad_scale = acc_t(p.grad_scale);
-  const student_t* student = p.student.const_data_ptr<student_t>();
-  const teacher_t* values = t.values.const_data_ptr<teacher_t>();
-  const double* tail = t.tail.const_data_ptr<double>();
-  const double* measures = p.teacher_measure.const_data_ptr<double>();
-  for_each_listed_position<acc_t, student_t>(p, t, excess_scratch<kSimd>(vocab), [&](int64_t n, std::vector<float>& excess,
-                                                                               const ListedClasses& listed,
-                                                                               student_t* g) {
-    const student_t* z = student + n * vocab;
-    const teacher_t* row = values + n * k;
-    const double tail_prob = math::tail_class_mean_prob(tail[n], vocab, k);
-    double mass = tail_prob * double(vocab - k);
-    for (int64_t i = 0; i < k; ++i) mass += double(acc_t(row[i]));
-    const double alpha0 = student_alpha0<kSimd, student_t, acc_t>(z, vocab, o.model_offset, excess);
-    const double target_precision = math::proxy_target_precision(measures[n], o.mkl, double(vocab), o.eps,
+  for_each_listed_position(a, excess_scratch<kSimd>(a.vocab), [&](int64_t n, std::vector<float>& excess,
+                                                                  const ListedClasses& listed, const student_t* z,
+                                                                  const teacher_t* row, student_t* g) {
+    const double tail_prob = math::tail_class_mean_prob(a.tail[n], a.vocab, a.k);
+    double mass = tail_prob * double(a.vocab - a.k);
+    for (int64_t i = 0; i < a.k; ++i) mass += double(acc_t(row[i]));
+    const double alpha0 = student_alpha0<kSimd, student_t, acc_t>(z, a.vocab, o.model_offset, excess);
+    const double target_precision = math::proxy_target_precision(a.measure[n], o.mkl, double(a.vocab), o.eps,
                                                                  o.max_precision);
     const math::ProxyScalars s = math::proxy_scalars(o.mode, alpha0, target_precision, o.target_offset,
-                                                     double(vocab), mass);
+                                                     double(a.vocab), mass);
     const acc_t class_precision = acc_t(o.mode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
     const acc_t dig_a0 = acc_t(s.digamma_alpha0), dig_b0 = acc_t(s.digamma_beta0);
     const acc_t grad_shift = acc_t(s.grad_shift), inv_beta0 = acc_t(s.inv_beta0);
@@ -182,7 +167,7 @@ void proxy_kl_rows(const LossProblem& p, const TopKTarget& t, const ProxyOptions
                                   VecF(float(grad_shift)), VecF(float(inv_beta0))};
     const VecF vtail = VecF(float(tail_prob));
     const double sum = class_pass<kSimd, student_t, acc_t>(
-        listed, vocab, g, grad_scale,
+        listed, a.vocab, g, grad_scale,
         [&](int64_t j, VecF& l, VecF& dz) {
           cpu::proxy_kl_block<kMode>(VecF::loadu(excess.data() + j), vtail, consts, l, dz);
         },
@@ -196,32 +181,25 @@ void proxy_kl_rows(const LossProblem& p, const TopKTarget& t, const ProxyOptions
 
 // Ensemble KL (ensemble_kl_class): pi^_j = the listed mean probability, or tau / (V - k) for a tail class.
 template <bool kSimd, typename student_t, typename teacher_t, typename acc_t>
-void ensemble_kl_rows(const LossProblem& p, const TopKTarget& t) {
-  const int64_t vocab = p.vocab, k = t.k;
-  const acc_t grad_scale = acc_t(p.grad_scale);
-  const student_t* student = p.student.const_data_ptr<student_t>();
-  const teacher_t* values = t.values.const_data_ptr<teacher_t>();
-  const double* tail = t.tail.const_data_ptr<double>();
+void ensemble_kl_rows(const TopKArgs<student_t, teacher_t, acc_t>& a, acc_t grad_scale) {
   auto no_scratch = [] { return 0; };
-  for_each_listed_position<acc_t, student_t>(p, t, no_scratch, [&](int64_t n, int, const ListedClasses& listed,
-                                                            student_t* g) {
-    const student_t* z = student + n * vocab;
-    const teacher_t* row = values + n * k;
+  for_each_listed_position(a, no_scratch, [&](int64_t n, int, const ListedClasses& listed, const student_t* z,
+                                              const teacher_t* row, student_t* g) {
     acc_t z_max, z_log_sum;
     if constexpr (kSimd) {
-      cpu::member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
+      cpu::member_normalizers(z, 1, a.vocab, 1.f, &z_max, &z_log_sum);
     } else {
       math::OnlineLogSumExp<acc_t, double> lse;
-      for (int64_t j = 0; j < vocab; ++j) lse.push(acc_t(z[j]));
+      for (int64_t j = 0; j < a.vocab; ++j) lse.push(acc_t(z[j]));
       z_max = lse.max;
       z_log_sum = acc_t(std::log(lse.sum));
     }
-    const acc_t tail_prob = acc_t(math::tail_class_mean_prob(tail[n], vocab, k));
+    const acc_t tail_prob = acc_t(math::tail_class_mean_prob(a.tail[n], a.vocab, a.k));
     const acc_t tail_log_prob = math::log_(tail_prob);
     const VecF vz_max = VecF(float(z_max)), vz_log_sum = VecF(float(z_log_sum));
     const VecF vtail = VecF(float(tail_prob)), vtail_log = VecF(float(tail_log_prob));
     return class_pass<kSimd, student_t, acc_t>(
-        listed, vocab, g, grad_scale,
+        listed, a.vocab, g, grad_scale,
         [&](int64_t j, VecF& l, VecF& dz) {
           cpu::ensemble_kl_block(cpu::load_float(z + j), vz_max, vz_log_sum, vtail, vtail_log, l, dz);
         },
@@ -233,21 +211,23 @@ void ensemble_kl_rows(const LossProblem& p, const TopKTarget& t) {
   });
 }
 
-// Sets the gradient's scale and runs f(TypeTag<student_t>, TypeTag<teacher_t>) for the problem's dtypes.
+// Sets the gradient's scale, then calls f(args, grad_scale) for the problem's dtypes with the kernels' compute type:
+// float when neither input is float64 (kFloat below: the SIMD kernels' float32 math).
 template <typename F>
 void dispatch(LossProblem& p, const TopKTarget& t, F&& f) {
   p.grad_scale = host_grad_scale(p);
   if (p.compute_grad) cpu::advise_huge_pages(p.grad.mutable_data_ptr(), p.grad.nbytes());
-  if (p.positions > 0) dispatch_student_teacher(p.student.scalar_type(), t.values.scalar_type(), f);
+  if (p.positions == 0) return;
+  dispatch_student_teacher(p.student.scalar_type(), t.values.scalar_type(), [&](auto s, auto tt) {
+    using student_t = typename decltype(s)::type;
+    using teacher_t = typename decltype(tt)::type;
+    using acc_t = loss_acc_t<student_t, teacher_t>;
+    f(topk_args<student_t, teacher_t, acc_t>(p, t), acc_t(p.grad_scale));
+  });
 }
 
-// The types of a dispatch_student_teacher call and their compute type; kFloatMath: neither input is float64 (the
-// SIMD kernels' float32 math).
-#define EDD_TOPK_TYPES(s, tt)                                  \
-  using student_t = typename decltype(s)::type;                \
-  using teacher_t = typename decltype(tt)::type;               \
-  using acc_t = loss_acc_t<student_t, teacher_t>;              \
-  constexpr bool kFloatMath = std::is_same_v<acc_t, float>
+template <typename Args>
+constexpr bool kFloat = std::is_same_v<typename std::decay_t<Args>::acc_type, float>;
 
 std::tuple<at::Tensor, at::Tensor> topk_dirichlet_nll_cpu(const at::Tensor& student_logits, const at::Tensor& indices,
                                                           const at::Tensor& mean_log_probs,
@@ -255,17 +235,14 @@ std::tuple<at::Tensor, at::Tensor> topk_dirichlet_nll_cpu(const at::Tensor& stud
                                                           const c10::optional<at::Tensor>& mask, double model_offset,
                                                           int64_t reduction, bool compute_grad,
                                                           bool /*reuse_grad: read by the Python backward only*/) {
-  check_nonnegative_option(model_offset, "model_offset");
   TopKTarget t;
-  LossProblem p = make_topk_loss_problem(student_logits, indices, mean_log_probs, "mean_log_probs",
-                                         tail_mean_log_prob, "tail_mean_log_prob", c10::nullopt, mask, reduction,
-                                         compute_grad, t);
-  dispatch(p, t, [&](auto s, auto tt) {
-    EDD_TOPK_TYPES(s, tt);
-    if constexpr (kFloatMath) {
-      if (model_offset >= cpu::kMinSimdModelOffset) return dirichlet_nll_rows<true, student_t, teacher_t, float>(p, t, model_offset);
+  LossProblem p = topk_dirichlet_nll_problem(student_logits, indices, mean_log_probs, tail_mean_log_prob, mask,
+                                             model_offset, reduction, compute_grad, t);
+  dispatch(p, t, [&](const auto& a, auto grad_scale) {
+    if constexpr (kFloat<decltype(a)>) {
+      if (model_offset >= cpu::kMinSimdModelOffset) return dirichlet_nll_rows<true>(a, grad_scale, model_offset);
     }
-    dirichlet_nll_rows<false, student_t, teacher_t, acc_t>(p, t, model_offset);
+    dirichlet_nll_rows<false>(a, grad_scale, model_offset);
   });
   return {reduced_loss(p), p.grad};
 }
@@ -279,19 +256,18 @@ std::tuple<at::Tensor, at::Tensor> topk_proxy_dirichlet_kl_cpu(
   const ProxyOptions o = parse_proxy_options(direction, precision, model_offset, target_offset, eps, max_precision,
                                              reference_code_compat);
   TopKTarget t;
-  LossProblem p = make_topk_loss_problem(student_logits, indices, mean_probs, "mean_probs", tail_mass, "tail_mass",
-                                         teacher_measure, mask, reduction, compute_grad, t);
-  dispatch(p, t, [&](auto s, auto tt) {
-    EDD_TOPK_TYPES(s, tt);
+  LossProblem p = topk_proxy_problem(student_logits, indices, mean_probs, tail_mass, teacher_measure, mask, reduction,
+                                     compute_grad, t);
+  dispatch(p, t, [&](const auto& a, auto grad_scale) {
     using math::ProxyMode;
-    if constexpr (kFloatMath) {
+    if constexpr (kFloat<decltype(a)>) {
       if (o.model_offset >= cpu::kMinSimdModelOffset) {
-        if (o.mode == ProxyMode::kReverse) return proxy_kl_rows<true, ProxyMode::kReverse, student_t, teacher_t, float>(p, t, o);
-        if (o.mode == ProxyMode::kForward) return proxy_kl_rows<true, ProxyMode::kForward, student_t, teacher_t, float>(p, t, o);
-        return proxy_kl_rows<true, ProxyMode::kReferenceCompat, student_t, teacher_t, float>(p, t, o);
+        if (o.mode == ProxyMode::kReverse) return proxy_kl_rows<true, ProxyMode::kReverse>(a, grad_scale, o);
+        if (o.mode == ProxyMode::kForward) return proxy_kl_rows<true, ProxyMode::kForward>(a, grad_scale, o);
+        return proxy_kl_rows<true, ProxyMode::kReferenceCompat>(a, grad_scale, o);
       }
     }
-    proxy_kl_rows<false, ProxyMode::kReverse, student_t, teacher_t, acc_t>(p, t, o);  // the mode is read from o
+    proxy_kl_rows<false, ProxyMode::kReverse>(a, grad_scale, o);  // the scalar kernel reads the mode from o
   });
   return {reduced_loss(p), p.grad};
 }
@@ -302,14 +278,13 @@ std::tuple<at::Tensor, at::Tensor> topk_ensemble_kl_cpu(const at::Tensor& studen
                                                         bool compute_grad,
                                                         bool /*reuse_grad: read by the Python backward only*/) {
   TopKTarget t;
-  LossProblem p = make_topk_loss_problem(student_logits, indices, mean_probs, "mean_probs", tail_mass, "tail_mass",
-                                         c10::nullopt, mask, reduction, compute_grad, t);
-  dispatch(p, t, [&](auto s, auto tt) {
-    EDD_TOPK_TYPES(s, tt);
-    if constexpr (kFloatMath) {
-      ensemble_kl_rows<true, student_t, teacher_t, float>(p, t);
+  LossProblem p = topk_ensemble_kl_problem(student_logits, indices, mean_probs, tail_mass, mask, reduction,
+                                           compute_grad, t);
+  dispatch(p, t, [&](const auto& a, auto grad_scale) {
+    if constexpr (kFloat<decltype(a)>) {
+      ensemble_kl_rows<true>(a, grad_scale);
     } else {
-      ensemble_kl_rows<false, student_t, teacher_t, acc_t>(p, t);
+      ensemble_kl_rows<false>(a, grad_scale);
     }
   });
   return {reduced_loss(p), p.grad};

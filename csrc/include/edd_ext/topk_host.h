@@ -102,4 +102,61 @@ inline LossProblem make_topk_loss_problem(const at::Tensor& student_logits, cons
   return p;
 }
 
+// The problems of the three top-k loss ops, their options checked: the same for both backends.
+inline LossProblem topk_dirichlet_nll_problem(const at::Tensor& student_logits, const at::Tensor& indices,
+                                              const at::Tensor& mean_log_probs, const at::Tensor& tail_mean_log_prob,
+                                              const c10::optional<at::Tensor>& mask, double model_offset,
+                                              int64_t reduction, bool compute_grad, TopKTarget& target) {
+  check_nonnegative_option(model_offset, "model_offset");
+  return make_topk_loss_problem(student_logits, indices, mean_log_probs, "mean_log_probs", tail_mean_log_prob,
+                                "tail_mean_log_prob", c10::nullopt, mask, reduction, compute_grad, target);
+}
+
+inline LossProblem topk_proxy_problem(const at::Tensor& student_logits, const at::Tensor& indices,
+                                      const at::Tensor& mean_probs, const at::Tensor& tail_mass,
+                                      const at::Tensor& teacher_measure, const c10::optional<at::Tensor>& mask,
+                                      int64_t reduction, bool compute_grad, TopKTarget& target) {
+  return make_topk_loss_problem(student_logits, indices, mean_probs, "mean_probs", tail_mass, "tail_mass",
+                                teacher_measure, mask, reduction, compute_grad, target);
+}
+
+inline LossProblem topk_ensemble_kl_problem(const at::Tensor& student_logits, const at::Tensor& indices,
+                                            const at::Tensor& mean_probs, const at::Tensor& tail_mass,
+                                            const c10::optional<at::Tensor>& mask, int64_t reduction,
+                                            bool compute_grad, TopKTarget& target) {
+  return make_topk_loss_problem(student_logits, indices, mean_probs, "mean_probs", tail_mass, "tail_mass",
+                                c10::nullopt, mask, reduction, compute_grad, target);
+}
+
+// The data of a top-k loss problem for the kernels of both backends (position n's rows start at n * vocab,
+// n * k and n).
+template <typename student_t, typename teacher_t, typename acc_t>
+struct TopKArgs {
+  using acc_type = acc_t;
+  const student_t* student;  // [N, V]
+  const int64_t* indices;    // [N, k]
+  const teacher_t* values;   // [N, k]
+  const double* tail;        // [N]
+  const double* measure;     // [N] (the proxy KL's RMI or EPKL), or nullptr
+  const bool* mask;          // [N], or nullptr
+  int64_t positions, vocab, k;
+  acc_t* loss;               // [N]
+  student_t* grad;           // [N, V], or nullptr
+};
+
+template <typename student_t, typename teacher_t, typename acc_t>
+TopKArgs<student_t, teacher_t, acc_t> topk_args(const LossProblem& p, const TopKTarget& t) {
+  return {p.student.const_data_ptr<student_t>(),
+          t.indices.const_data_ptr<int64_t>(),
+          t.values.const_data_ptr<teacher_t>(),
+          t.tail.const_data_ptr<double>(),
+          p.teacher_measure.defined() ? p.teacher_measure.const_data_ptr<double>() : nullptr,
+          p.mask_data(),
+          p.positions,
+          p.vocab,
+          t.k,
+          p.loss.mutable_data_ptr<acc_t>(),
+          p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr};
+}
+
 }  // namespace edd_ext
