@@ -23,37 +23,34 @@ KS = (64, 1024)
 LOSSES = ("dirichlet_nll", "proxy_dirichlet_kl", "ensemble_kl")
 
 
-def run(device: torch.device, shapes, repeats: int):
+def run_shape(device: torch.device, n: int, m: int, v: int, repeats: int):
     rows = []
-    for n, m, v in shapes:
-        shape = f"N={n} M={m} V={v}"
-        u = torch.randn(n, m, v, device=device).mul_(3)
-        input_mib = u.numel() * u.element_size() / 2**20
+    shape = f"N={n} M={m} V={v}"
+    u = torch.randn(n, m, v, device=device).mul_(3)
+    input_mib = u.numel() * u.element_size() / 2**20
 
-        def record(op, mode, impl, fn):
-            ms = common.median_time(fn, device, repeats=repeats, warmup=1)
-            peak = common.peak_extra_memory(fn, device)
-            rows.append(common.Row(op, mode, impl, shape, "float32", device.type, ms, peak, input_mib))
-            print(f"{op:>20} {mode:>7} {impl:>10} {shape}: {ms:9.1f} ms  peak +{peak or 0:6.0f} MiB", flush=True)
+    def record(op, mode, impl, fn):
+        ms = common.median_time(fn, device, repeats=repeats, warmup=1)
+        peak = common.peak_extra_memory(fn, device)
+        rows.append(common.Row(op, mode, impl, shape, "float32", device.type, ms, peak, input_mib))
+        print(f"{op:>20} {mode:>7} {impl:>10} {shape}: {ms:9.1f} ms  peak +{peak or 0:6.0f} MiB", flush=True)
 
-        record("ensemble_stats", "forward", "dense", lambda: edd_ext.ensemble_stats(u))
+    record("ensemble_stats", "forward", "dense", lambda: edd_ext.ensemble_stats(u))
+    for k in KS:
+        record("ensemble_stats", "forward", f"top_k={k}", lambda k=k: edd_ext.ensemble_stats(u, top_k=k))
+    dense = edd_ext.ensemble_stats(u)
+    top = {k: edd_ext.ensemble_stats(u, top_k=k) for k in KS}
+    z = torch.randn(n, v, device=device)
+
+    def full(name, stats):
+        x = z.clone().requires_grad_()
+        getattr(edd_ext, name)(x, stats).backward()
+        return x.grad
+
+    for name in LOSSES:
+        record(name, "full", "dense", lambda name=name: full(name, dense))
         for k in KS:
-            record("ensemble_stats", "forward", f"top_k={k}", lambda k=k: edd_ext.ensemble_stats(u, top_k=k))
-        dense = edd_ext.ensemble_stats(u)
-        top = {k: edd_ext.ensemble_stats(u, top_k=k) for k in KS}
-        z = torch.randn(n, v, device=device)
-        for name in LOSSES:
-            fn = getattr(edd_ext, name)
-
-            def full(stats, fn=fn):
-                x = z.clone().requires_grad_()
-                fn(x, stats).backward()
-                return x.grad
-
-            record(name, "full", "dense", lambda: full(dense))
-            for k in KS:
-                record(name, "full", f"top_k={k}", lambda k=k: full(top[k]))
-        del u, dense, top
+            record(name, "full", f"top_k={k}", lambda name=name, k=k: full(name, top[k]))
     return rows
 
 
@@ -65,7 +62,7 @@ def main(argv=None):
     p.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md and results.csv")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    rows = run(device, QUICK_SHAPES if args.quick else SHAPES, args.repeats)
+    rows = [r for shape in (QUICK_SHAPES if args.quick else SHAPES) for r in run_shape(device, *shape, args.repeats)]
     if args.write:
         command = " ".join([os.path.basename(__file__)] + (argv or sys.argv[1:]))
         common.write_results(rows, "python benchmarks/" + command, "top-k statistics and losses",
