@@ -24,7 +24,7 @@ def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothin
             tail mean lambda of l- over the other V - k classes, and the five measures computed exactly over all
             V classes. Every loss that takes statistics reads it as the dense target whose tail classes have
             pi^_j = tau / (V - k) and l-_j = lambda. The fused kernels select the k classes online in the same
-            streaming pass: no ``[*, V]`` tensor is written.
+            streaming pass: no ``[*, V]`` tensor is written. (The CUDA kernel takes k <= 1024.)
 
     Returns:
         :class:`EnsembleStats` with ``mean_probs`` and ``mean_log_probs`` ``[*, V]`` and the measures

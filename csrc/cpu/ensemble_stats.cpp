@@ -11,8 +11,8 @@
 #include <tuple>
 #include <vector>
 
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/cpu/teacher_rows.h"
-#include "edd_ext/cpu_teacher.h"
 #include "edd_ext/ensemble_stats_host.h"
 
 namespace edd_ext {
@@ -60,11 +60,12 @@ void ensemble_rows_double(const EnsembleStatsProblem& p, const double* logits, d
     std::vector<double> shift(members), log_sum(members);
     for (int64_t n = begin; n < end; ++n) {
       const double* row = logits + n * members * vocab;
-      cpu::member_normalisers(row, members, vocab, p.inv_temperature, math::TeacherNorm::kLogSoftmax, shift.data(),
-                              log_sum.data());
+      cpu::scalar_target_normalizers(row, members, vocab, p.inv_temperature, math::TeacherNorm::kLogSoftmax,
+                                     shift.data(), log_sum.data());
       cpu::teacher_class_pass_scalar(row, members, vocab, shift.data(), log_sum.data(), p.inv_temperature, p.smooth,
                                      p.log1m_eps, p.log_eps_over_v, p.inv_members, p.log_members,
-                                     measures + n * math::kNumMeasures, [&](int64_t k, const math::ClassTerms<double>& t) {
+                                     measures + n * math::kNumMeasures,
+                                     [&](int64_t k, const math::ClassTerms<double>& t) {
                                        if (mean_probs == nullptr) return;
                                        mean_probs[n * vocab + k] = t.mean_prob;
                                        mean_log_probs[n * vocab + k] = t.mean_log_prob;

@@ -19,8 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/cpu/teacher_rows.h"
-#include "edd_ext/cpu_teacher.h"
 #include "edd_ext/topk_host.h"
 #include "edd_ext/topk_math.h"
 
@@ -147,8 +147,8 @@ void topk_rows_double(const TopKStatsProblem& p) {
     TopKHeap<double> heap(p.k);
     for (int64_t n = begin; n < end; ++n) {
       const double* row = logits + n * members * vocab;
-      cpu::member_normalisers(row, members, vocab, d.inv_temperature, math::TeacherNorm::kLogSoftmax, shift.data(),
-                              log_sum.data());
+      cpu::scalar_target_normalizers(row, members, vocab, d.inv_temperature, math::TeacherNorm::kLogSoftmax,
+                                     shift.data(), log_sum.data());
       heap.clear();
       math::ClassSums all;
       cpu::teacher_class_pass_scalar(row, members, vocab, shift.data(), log_sum.data(), d.inv_temperature, d.smooth,

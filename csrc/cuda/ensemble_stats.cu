@@ -46,7 +46,7 @@ __global__ void ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64
     double sums[math::kNumMeasures] = {0, 0, 0, 0, 0};
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
       const math::ClassTerms<acc_t> terms = math::ensemble_class_terms(row, k, members, vocab, shift, log_sum, inv_t,
-                                                                      smooth, log1m_eps, log_eps_v, inv_m, log_m);
+                                                                       smooth, log1m_eps, log_eps_v, inv_m, log_m);
 #pragma unroll
       for (int i = 0; i < math::kNumMeasures; ++i) sums[i] += double(terms.measure[i]);
       if (mean_probs != nullptr) {

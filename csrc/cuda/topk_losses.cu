@@ -99,11 +99,10 @@ __global__ void topk_dirichlet_nll_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps
   for_each_listed_position(a, bitmaps, [&](int64_t n, const S* z, const T* values, S* g, const uint32_t* bitmap) {
     const double alpha0 = cuda::block_student_precision<S, A>(z, a.vocab, model_offset, scratch);
     const A digamma_alpha0 = A(math::digamma(alpha0));
-    double sum[1] = {class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, A(a.tail[n]), g,
-                                [&](int64_t j, A mean_log_prob) {
-                                  return math::dirichlet_nll_class(A(z[j]), c, log_c, c_minus_one, mean_log_prob,
-                                                                   digamma_alpha0);
-                                })};
+    double sum[1] = {class_pass(
+        a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, A(a.tail[n]), g, [&](int64_t j, A mean_log_prob) {
+          return math::dirichlet_nll_class(A(z[j]), c, log_c, c_minus_one, mean_log_prob, digamma_alpha0);
+        })};
     cuda::block_sum(sum, scratch.sums);
     return sum[0] - math::lgamma(alpha0);
   });
@@ -121,8 +120,8 @@ __global__ void topk_proxy_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, Pro
     const double alpha0 = cuda::block_student_precision<S, A>(z, a.vocab, o.model_offset, scratch);
     const double target_precision =
         math::proxy_target_precision(a.measure[n], o.mkl, double(a.vocab), o.eps, o.max_precision);
-    const math::ProxyScalars s = math::proxy_scalars(o.mode, alpha0, target_precision, o.target_offset,
-                                                     double(a.vocab), mass[0] + tail_prob * double(a.vocab - a.k));
+    const math::ProxyScalars s = math::proxy_scalars(o.mode, alpha0, target_precision, o.target_offset, double(a.vocab),
+                                                     mass[0] + tail_prob * double(a.vocab - a.k));
     const A class_precision = A(o.mode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
     const A dig_a0 = A(s.digamma_alpha0), dig_b0 = A(s.digamma_beta0);
     const A grad_shift = A(s.grad_shift), inv_beta0 = A(s.inv_beta0);
@@ -145,11 +144,10 @@ __global__ void topk_ensemble_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps) 
     const math::OnlineLogSumExp<A> lse = cuda::block_logsumexp(acc, scratch.lse);
     const A z_max = lse.max, z_log_sum = math::log_(lse.sum);
     const A tail_prob = A(math::tail_class_mean_prob(a.tail[n], a.vocab, a.k));
-    double sum[1] = {class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, tail_prob, g,
-                                [&](int64_t j, A mean_prob) {
-                                  return math::ensemble_kl_class(A(z[j]), z_max, z_log_sum, mean_prob,
-                                                                 math::log_(mean_prob));
-                                })};
+    double sum[1] = {
+        class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, tail_prob, g, [&](int64_t j, A mean_prob) {
+          return math::ensemble_kl_class(A(z[j]), z_max, z_log_sum, mean_prob, math::log_(mean_prob));
+        })};
     cuda::block_sum(sum, scratch.sums);
     return sum[0];
   });
@@ -197,8 +195,8 @@ std::tuple<at::Tensor, at::Tensor> topk_proxy_dirichlet_kl_cuda(
     c10::string_view direction, c10::string_view precision, double model_offset, double target_offset, double eps,
     c10::optional<double> max_precision, bool reference_code_compat, int64_t reduction, bool compute_grad,
     bool /*reuse_grad: read by the Python backward only*/) {
-  const ProxyOptions o = parse_proxy_options(direction, precision, model_offset, target_offset, eps, max_precision,
-                                             reference_code_compat);
+  const ProxyOptions o =
+      parse_proxy_options(direction, precision, model_offset, target_offset, eps, max_precision, reference_code_compat);
   TopKTarget t;
   LossProblem p = topk_proxy_problem(student_logits, indices, mean_probs, tail_mass, teacher_measure, mask, reduction,
                                      compute_grad, t);
@@ -213,8 +211,8 @@ std::tuple<at::Tensor, at::Tensor> topk_ensemble_kl_cuda(const at::Tensor& stude
                                                          bool compute_grad,
                                                          bool /*reuse_grad: read by the Python backward only*/) {
   TopKTarget t;
-  LossProblem p = topk_ensemble_kl_problem(student_logits, indices, mean_probs, tail_mass, mask, reduction,
-                                           compute_grad, t);
+  LossProblem p =
+      topk_ensemble_kl_problem(student_logits, indices, mean_probs, tail_mass, mask, reduction, compute_grad, t);
   return run(p, t, [&](int64_t blocks, int threads, cudaStream_t stream, const auto& a, uint32_t* bits) {
     topk_ensemble_kl_kernel<<<blocks, threads, 0, stream>>>(a, bits);
   });

@@ -54,9 +54,9 @@ __global__ void topk_stats_kernel(const scalar_t* __restrict__ logits, int64_t p
                                   acc_t* __restrict__ tail_mean_log_prob, acc_t* __restrict__ measures) {
   using K = typename cuda::SelectionKey<acc_t>::type;
   extern __shared__ __align__(16) unsigned char shared_raw[];
-  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);  // [members]
-  acc_t* log_sum = shift + members;                      // [members]
-  K* keys = reinterpret_cast<K*>(log_sum + members);    // [sort_width] (sizeof(K) == sizeof(acc_t))
+  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);               // [members]
+  acc_t* log_sum = shift + members;                                  // [members]
+  K* keys = reinterpret_cast<K*>(log_sum + members);                 // [sort_width] (sizeof(K) == sizeof(acc_t))
   int32_t* classes = reinterpret_cast<int32_t*>(keys + sort_width);  // [sort_width]
   __shared__ cuda::LossScratch<acc_t> scratch;
   __shared__ cuda::SelectScratch select;
@@ -69,13 +69,12 @@ __global__ void topk_stats_kernel(const scalar_t* __restrict__ logits, int64_t p
 
   for (int64_t n = blockIdx.x; n < positions; n += gridDim.x) {
     const scalar_t* row = logits + n * members * vocab;
-    cuda::block_member_normalisers(row, members, vocab, inv_t, math::TeacherNorm::kLogSoftmax, shift, log_sum,
-                                   scratch);
+    cuda::block_target_normalizers(row, members, vocab, inv_t, math::TeacherNorm::kLogSoftmax, shift, log_sum, scratch);
     double sums[kSums] = {};
     math::ClassSums all;
     for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
       const math::ClassTerms<acc_t> t = math::ensemble_class_terms(row, j, members, vocab, shift, log_sum, inv_t,
-                                                                  o.smooth, log1m_eps, log_eps_v, inv_m, log_m);
+                                                                   o.smooth, log1m_eps, log_eps_v, inv_m, log_m);
 #pragma unroll
       for (int i = 0; i < math::kNumMeasures; ++i) sums[i] += double(t.measure[i]);
       all.push(double(t.mean_prob), double(t.mean_log_prob));
@@ -133,8 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const StatsOptions o{d.inv_temperature, d.inv_members, d.log_members, d.log1m_eps, d.log_eps_over_v, d.smooth};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.logits.scalar_type(), "edd_ext::topk_stats_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const size_t shared = cuda::member_shared_bytes(d.members, sizeof(acc_t)) +
-                            size_t(width) * (sizeof(acc_t) + sizeof(int32_t));
+      const size_t shared =
+          cuda::member_shared_bytes(d.members, sizeof(acc_t)) + size_t(width) * (sizeof(acc_t) + sizeof(int32_t));
       at::Tensor rows = at::empty({blocks * 2 * d.vocab}, d.measures.options());
       topk_stats_kernel<scalar_t, acc_t><<<blocks, threads, shared, stream>>>(
           d.logits.const_data_ptr<scalar_t>(), d.positions, d.members, d.vocab, int(k), width, o,

@@ -9,18 +9,20 @@
 
 #include "edd_ext/checks.h"
 #include "edd_ext/ensemble_stats_host.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 
 // topk_ensemble_stats: the dense problem without its [*, V] rows, plus the [*, k] and [*] outputs.
 struct TopKStatsProblem {
-  EnsembleStatsProblem dense;   // logits, measures [*, 5] and the options
+  EnsembleStatsProblem dense;  // logits, measures [*, 5] and the options
   int64_t k = 0;
-  at::Tensor indices;           // [*, k] int64
-  at::Tensor listed_probs;      // [*, k] mean probabilities of the listed classes
-  at::Tensor listed_log_probs;  // [*, k] their mean log-probabilities
-  at::Tensor tail_mass;         // [*]
+  at::Tensor indices;             // [*, k] int64
+  at::Tensor listed_probs;        // [*, k] mean probabilities of the listed classes
+  at::Tensor listed_log_probs;    // [*, k] their mean log-probabilities
+  at::Tensor tail_mass;           // [*]
   at::Tensor tail_mean_log_prob;  // [*]
 };
 
@@ -71,12 +73,12 @@ inline LossProblem make_topk_loss_problem(const at::Tensor& student_logits, cons
   const int64_t vocab = student_logits.size(-1);
   TORCH_CHECK_VALUE(indices.scalar_type() == at::kLong, "indices: expected dtype torch.int64, got ",
                     indices.scalar_type(), " (shape ", shape_str(indices), ")");
-  TORCH_CHECK_VALUE(indices.dim() == student_logits.dim() &&
-                        indices.sizes().slice(0, indices.dim() - 1) ==
-                            student_logits.sizes().slice(0, student_logits.dim() - 1) &&
-                        indices.size(-1) >= 1 && indices.size(-1) <= vocab,
-                    "indices: expected [*, k] with 1 <= k <= V for student_logits ", shape_str(student_logits),
-                    " ([*, V]), got ", shape_str(indices));
+  TORCH_CHECK_VALUE(
+      indices.dim() == student_logits.dim() &&
+          indices.sizes().slice(0, indices.dim() - 1) == student_logits.sizes().slice(0, student_logits.dim() - 1) &&
+          indices.size(-1) >= 1 && indices.size(-1) <= vocab,
+      "indices: expected [*, k] with 1 <= k <= V for student_logits ", shape_str(student_logits), " ([*, V]), got ",
+      shape_str(indices));
   check_same_device(student_logits, "student_logits", indices, "indices");
   check_floating(values, values_name);
   TORCH_CHECK_VALUE(values.sizes() == indices.sizes(), values_name, ": expected the shape of indices ",
@@ -90,8 +92,8 @@ inline LossProblem make_topk_loss_problem(const at::Tensor& student_logits, cons
   p.student = student_logits.contiguous();
   p.vocab = vocab;
   p.positions = student_logits.numel() / vocab;
-  if (teacher_measure.has_value()) p.teacher_measure = per_position_double(*teacher_measure, "teacher_measure",
-                                                                           student_logits);
+  if (teacher_measure.has_value())
+    p.teacher_measure = per_position_double(*teacher_measure, "teacher_measure", student_logits);
   if (mask.has_value()) p.mask = mask->contiguous();
   allocate_outputs(p, student_logits, 1, values.scalar_type(), false);
 
@@ -122,10 +124,10 @@ inline LossProblem topk_proxy_problem(const at::Tensor& student_logits, const at
 
 inline LossProblem topk_ensemble_kl_problem(const at::Tensor& student_logits, const at::Tensor& indices,
                                             const at::Tensor& mean_probs, const at::Tensor& tail_mass,
-                                            const c10::optional<at::Tensor>& mask, int64_t reduction,
-                                            bool compute_grad, TopKTarget& target) {
-  return make_topk_loss_problem(student_logits, indices, mean_probs, "mean_probs", tail_mass, "tail_mass",
-                                c10::nullopt, mask, reduction, compute_grad, target);
+                                            const c10::optional<at::Tensor>& mask, int64_t reduction, bool compute_grad,
+                                            TopKTarget& target) {
+  return make_topk_loss_problem(student_logits, indices, mean_probs, "mean_probs", tail_mass, "tail_mass", c10::nullopt,
+                                mask, reduction, compute_grad, target);
 }
 
 // The data of a top-k loss problem for the kernels of both backends (position n's rows start at n * vocab,
@@ -140,8 +142,8 @@ struct TopKArgs {
   const double* measure;     // [N] (the proxy KL's RMI or EPKL), or nullptr
   const bool* mask;          // [N], or nullptr
   int64_t positions, vocab, k;
-  acc_t* loss;               // [N]
-  student_t* grad;           // [N, V], or nullptr
+  acc_t* loss;      // [N]
+  student_t* grad;  // [N, V], or nullptr
 };
 
 template <typename student_t, typename teacher_t, typename acc_t>

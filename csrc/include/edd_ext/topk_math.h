@@ -65,8 +65,7 @@ EDD_HD void tail_of(const ClassSums& all, const ClassSums& listed, int64_t vocab
   if (all.v[ClassSums::kNegInf] > listed.v[ClassSums::kNegInf]) {
     *tail_mean_log_prob = neg_inf<T>();
   } else {
-    *tail_mean_log_prob =
-        T((all.v[ClassSums::kLogProb] - listed.v[ClassSums::kLogProb]) / double(vocab - k));
+    *tail_mean_log_prob = T((all.v[ClassSums::kLogProb] - listed.v[ClassSums::kLogProb]) / double(vocab - k));
   }
 }
 

@@ -150,8 +150,8 @@ template <typename scalar_t, typename acc_t>
 inline math::ClassTerms<acc_t> teacher_class(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
                                              const acc_t* shift, const acc_t* log_sum, acc_t inv_t, bool smooth,
                                              acc_t log1m_eps, acc_t log_eps_v, acc_t inv_m, acc_t log_m) {
-  return math::ensemble_class_terms(row, k, members, vocab, shift, log_sum, inv_t, smooth, log1m_eps, log_eps_v,
-                                    inv_m, log_m);
+  return math::ensemble_class_terms(row, k, members, vocab, shift, log_sum, inv_t, smooth, log1m_eps, log_eps_v, inv_m,
+                                    log_m);
 }
 
 // One position's class pass of the ensemble statistics with float32 math (after member_normalizers): every
@@ -176,8 +176,8 @@ void teacher_class_pass(const scalar_t* row, int64_t members, int64_t vocab, con
   for (int i = 0; i < math::kNumMeasures; ++i) measures[i] = sums[i].result();
   for (int64_t k = body; k < vocab; ++k) {
     const math::ClassTerms<float> t =
-        teacher_class<scalar_t, float>(row, k, members, vocab, shift, log_sum, o.inv_temperature, o.smooth,
-                                       o.log1m_eps, o.log_eps_over_v, o.inv_members, o.log_members);
+        teacher_class<scalar_t, float>(row, k, members, vocab, shift, log_sum, o.inv_temperature, o.smooth, o.log1m_eps,
+                                       o.log_eps_over_v, o.inv_members, o.log_members);
     for (int i = 0; i < math::kNumMeasures; ++i) measures[i] += double(t.measure[i]);
     on_class(k, t);
   }
