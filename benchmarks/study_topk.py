@@ -12,7 +12,7 @@ format's (int32 indices, two value rows, seven float32 scalars) at V = 32000, an
 edd_ext.cache from random V = 32000 logits, measured on disk.
 
     python benchmarks/study_topk.py [--vocab 2000 --members 3 --teacher-steps 300 --student-steps 200]
-        [--output benchmarks/topk_study.json] [--figure docs/figures/topk_error.png] [--write]
+        [--outputs logits.pt] [--output benchmarks/topk_study.json] [--figure docs/figures/topk_error.png] [--write]
 """
 from __future__ import annotations
 
@@ -84,19 +84,32 @@ def train(args):
     train_students(students, teachers, src, tgt, steps=args.student_steps, batch_size=64, lr=3e-3, seed=args.seed,
                    progress=False)
     test = make_batch([d.encode(s) for s in corpus.test_src], [d.encode(t) for t in corpus.test_tgt])
-    return teachers, students, test, len(d)
-
-
-def study(teachers, students, test, vocab: int) -> list:
     with torch.no_grad():
         logits = teacher_logits(teachers, test.src, test.prev)
         student_logits = {name: model(test.src, test.prev)[0] for name, model in students.items()}
+    return {"logits": logits, "students": student_logits, "mask": test.mask, "vocab": len(d)}
+
+
+def neg_entropy(stats, mask) -> float:
+    """The teacher term sum_k pi^_k ln pi^_k of ensemble_kl, mean over the tokens (no student dependence), for dense
+    statistics or the target a TopKEnsembleStats stands for (the tail: (V - k) (tau / (V - k)) ln(tau / (V - k)))."""
+    if isinstance(stats, E.TopKEnsembleStats):
+        p = stats.mean_probs.double()
+        tail = stats.tail_mass.double()
+        per = torch.special.xlogy(p, p).sum(-1) + torch.special.xlogy(tail, tail / (stats.num_classes - stats.top_k))
+    else:
+        per = torch.special.xlogy(stats.mean_probs.double(), stats.mean_probs.double()).sum(-1)
+    return float(per[mask].mean())
+
+
+def study(logits, student_logits, mask, vocab: int) -> list:
+    """logits: the teachers' [B, T, M, V] on the test sentences; student_logits: name -> [B, T, V]."""
     dense = E.ensemble_stats(logits)
     rows = []
 
     def value_and_grad(fn, z, stats):
         x = z.detach().clone().requires_grad_()
-        value = fn(x, stats, mask=test.mask)
+        value = fn(x, stats, mask=mask)
         value.backward()
         return value.item(), x.grad.double()
 
@@ -110,11 +123,14 @@ def study(teachers, students, test, vocab: int) -> list:
             for dtype_name, dtype in DTYPES.items():
                 stored = top._replace(mean_probs=top.mean_probs.to(dtype), mean_log_probs=top.mean_log_probs.to(dtype))
                 value, grad = value_and_grad(fn, z, stored)
-                rows.append(dict(loss=loss, student=student, k=k, dtype=dtype_name, loss_dense=ref_value,
-                                 loss_topk=value, loss_error=abs(value - ref_value) / abs(ref_value),
-                                 grad_error=float((grad - ref_grad).norm() / ref_grad.norm()),
-                                 tail_mass_mean=float(top.tail_mass[test.mask].mean()),
-                                 bytes_per_token=bytes_per_token(k, dtype)))
+                row = dict(loss=loss, student=student, k=k, dtype=dtype_name, loss_dense=ref_value, loss_topk=value,
+                           loss_error=abs(value - ref_value) / abs(ref_value),
+                           grad_error=float((grad - ref_grad).norm() / ref_grad.norm()),
+                           tail_mass_mean=float(top.tail_mass[mask].mean()), bytes_per_token=bytes_per_token(k, dtype))
+                if loss == "ensemble_kl":  # the student-dependent part, the cross-entropy: L - sum pi^ ln pi^
+                    ce_dense, ce_topk = ref_value - neg_entropy(dense, mask), value - neg_entropy(stored, mask)
+                    row["cross_entropy_error"] = abs(ce_topk - ce_dense) / abs(ce_dense)
+                rows.append(row)
     return rows
 
 
@@ -145,6 +161,9 @@ def table(rows, vocab: int) -> str:
             cells = [f"{100 * r['loss_error']:.2g}% / {100 * r['grad_error']:.2g}%" for r in rows
                      if r["loss"] == loss and r["dtype"] == dtype]
             lines.append(f"| {loss} ({student}) | {dtype} | " + " | ".join(cells) + " |")
+    cells = [f"{100 * r['cross_entropy_error']:.2g}%" for r in rows
+             if r["loss"] == "ensemble_kl" and r["dtype"] == "float16"]
+    lines.append("| ensemble_kl without its teacher term (the cross-entropy) | float16 | " + " | ".join(cells) + " |")
     taus = {r["k"]: r["tail_mass_mean"] for r in rows}
     lines.append("| tail mass tau (mean) | | " + " | ".join(f"{taus[k]:.2g}" for k in sorted(taus)) + " |")
     return "\n".join(lines)
@@ -184,13 +203,21 @@ def main(argv=None):
     p.add_argument("--output", default=os.path.join(common.HERE, "topk_study.json"))
     p.add_argument("--figure", default=os.path.join(os.path.dirname(common.HERE), "docs", "figures",
                                                     "topk_error.png"))
+    p.add_argument("--outputs", default=None, help="a .pt file for the test sentences' teacher and student logits: "
+                                                  "read when it exists (no training), else written after training")
     p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    teachers, students, test, vocab = train(args)
+    if args.outputs and os.path.exists(args.outputs):
+        outputs = torch.load(args.outputs)
+    else:
+        outputs = train(args)
+        if args.outputs:
+            torch.save(outputs, args.outputs)
     train_s = time.perf_counter() - t0
-    rows = study(teachers, students, test, vocab)
+    vocab = outputs["vocab"]
+    rows = study(outputs["logits"], outputs["students"], outputs["mask"], vocab)
     sizes = {f"k={k}": {d: bytes_per_token(k, DTYPES[d]) for d in DTYPES} for k in (16, 64, 256)}
     sizes["dense"] = {d: dense_bytes_per_token(32000, DTYPES[d]) for d in DTYPES}
     measured = measured_bytes_per_token()
