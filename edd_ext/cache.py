@@ -26,10 +26,12 @@ A cache directory holds
   interrupted build: :func:`build_cache` resumes it (keeping the shards of the same options, recomputing the
   missing ones) and :class:`TeacherCache` refuses to read it.
 
-Why safetensors rather than numpy memmaps: the dtypes the cache needs are native to it (numpy has no bfloat16);
-a shard is one immutable file written atomically, so an interrupted build never leaves a half-filled array that
-reads as valid zeros (a preallocated memmap does); reading never unpickles anything; and ``safe_open`` maps the
-file, so reading one sequence reads only its rows.
+Why safetensors rather than bare numpy memmaps: the dtypes the cache needs are native to it and recorded in the
+file (numpy has no bfloat16); a shard is one immutable file written atomically, so an interrupted build never
+leaves a half-filled array that reads as valid zeros (a preallocated memmap does); reading never unpickles
+anything, and other frameworks read the files as they are. Shards are written with ``safetensors`` and read by
+memory-mapping them along the format's documented layout (:func:`_map_safetensors`), so that one sequence's rows
+are views of the map: reading a batch touches only its rows and copies them once, into the batch.
 """
 from __future__ import annotations
 
@@ -291,8 +293,9 @@ class TeacherCache:
 
     Records: :meth:`sequence` gives sequence i's records with a leading ``[L_i]`` axis, :meth:`batch` a padded
     ``[B, T]`` batch: :class:`~edd_ext.TopKEnsembleStats` (int64 indices, values in the storage dtype, float32
-    scalars), :class:`~edd_ext.EnsembleStats`, or member logits ``[..., M, V]``. Shard files are opened
-    (memory-mapped) on first use; nothing else is read.
+    scalars), :class:`~edd_ext.EnsembleStats`, or member logits ``[..., M, V]``. A shard file is memory-mapped on
+    first use and only the rows asked for are read; :meth:`sequence` returns views of the map (copy-on-write:
+    writing to them never reaches the file).
     """
 
     def __init__(self, directory: str, *, expect: Optional[dict] = None) -> None:
@@ -310,8 +313,7 @@ class TeacherCache:
         self.num_classes: int = int(manifest.get("num_classes", 0))
         self.num_members: int = int(manifest.get("num_members", 0))
         self.temperature: float = self.options["temperature"]
-        self._handles: Dict[int, object] = {}
-        self._shard_lengths: Dict[int, np.ndarray] = {}
+        self._shards: Dict[int, tuple] = {}
         if expect:
             self.check(**expect)
 
@@ -355,22 +357,22 @@ class TeacherCache:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _shard(self, s: int):
-        if s not in self._handles:
-            from safetensors import safe_open
-
+        if s not in self._shards:
             if not 0 <= s < self.manifest["num_shards"]:
                 raise IndexError(f"shard {s} of a cache with {self.manifest['num_shards']}")
-            self._handles[s] = safe_open(os.path.join(self.directory, _shard_name(s)), framework="pt")
-            self._shard_lengths[s] = np.concatenate([[0], np.cumsum(self._handles[s].get_tensor("lengths").numpy())])
-        return self._handles[s], self._shard_lengths[s]
+            tensors = _map_safetensors(os.path.join(self.directory, _shard_name(s)))
+            offsets = np.concatenate([[0], np.cumsum(tensors.pop("lengths").numpy())])
+            tensors.pop("empty", None)
+            self._shards[s] = (tensors, offsets)
+        return self._shards[s]
 
     def _rows(self, index: int) -> Dict[str, Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"index: expected a sequence in [0, {len(self)}), got {index}")
         s, r = divmod(int(index), self.options["shard_size"])
-        handle, offsets = self._shard(s)
+        tensors, offsets = self._shard(s)
         a, b = int(offsets[r]), int(offsets[r + 1])
-        return {name: handle.get_slice(name)[a:b] for name in handle.keys() if name not in ("lengths", "empty")}
+        return {name: t[a:b] for name, t in tensors.items()}
 
     def _record(self, fields: Dict[str, Tensor]) -> Record:
         if self.kind == "logits":
@@ -395,20 +397,46 @@ class TeacherCache:
         """The records of the sequences ``indices`` as a padded batch ``[B, T]`` (T = ``length``, at least the
         longest). Padded positions hold harmless values (top-k: the classes 0..k-1 with zero values) for the
         caller's mask to drop."""
+        from torch.nn.utils.rnn import pad_sequence
+
         rows = [self._rows(i) for i in indices]
-        lengths = [next(iter(r.values())).shape[0] if r else 0 for r in rows]
-        width = max([length or 0] + lengths)
+        if not rows:
+            raise ValueError("indices: expected at least one sequence, got none")
+        lengths = torch.tensor([next(iter(r.values())).shape[0] for r in rows])
+        width = max(int(length or 0), int(lengths.max()))
+        padded = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)  # [B, T]
         out: Dict[str, Tensor] = {}
-        for name, like in (rows[0].items() if rows else ()):
-            full = torch.zeros((len(rows), width) + tuple(like.shape[1:]), dtype=like.dtype)
-            if name == "indices":
-                full[:] = torch.arange(like.shape[-1], dtype=like.dtype)
-            for b, r in enumerate(rows):
-                full[b, :lengths[b]] = r[name]
+        for name in rows[0]:
+            seqs = [r[name] for r in rows]
+            seqs.append(seqs[0].new_zeros((width,) + seqs[0].shape[1:]))  # pads to the width; dropped below
+            full = pad_sequence(seqs, batch_first=True)[:-1]  # one allocation per field
+            if name == "indices":  # int64 (the losses' index type) in the same pass
+                full = torch.where(padded.unsqueeze(-1), torch.arange(full.shape[-1]), full)
             out[name] = full
         return self._record(out)
 
-    def __getstate__(self):  # safe_open handles do not pickle (DataLoader workers reopen them)
+    def __getstate__(self):  # the memory maps do not pickle (DataLoader workers map the shards again)
         state = dict(self.__dict__)
-        state["_handles"], state["_shard_lengths"] = {}, {}
+        state["_shards"] = {}
         return state
+
+
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                       "I32": torch.int32, "I64": torch.int64}
+
+
+def _map_safetensors(path: str) -> Dict[str, Tensor]:
+    """The tensors of a safetensors file as views of a (copy-on-write) memory map of it: nothing is read until a slice
+    is used, and slicing a sequence's rows costs no copy. The file's documented layout: an 8-byte little-endian
+    header size, a JSON header of each tensor's dtype, shape and byte range, then the data."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    data = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + size, shape=(end,)) if end else np.zeros(0, np.uint8)
+    out = {}
+    for name, info in header.items():
+        a, b = info["data_offsets"]
+        out[name] = torch.from_numpy(data[a:b]).view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out

@@ -97,6 +97,33 @@ void write_position(const TopKStatsProblem& p, int64_t n, TopKHeap<T>& heap, con
                 p.tail_mean_log_prob.mutable_data_ptr<T>() + n);
 }
 
+// The SIMD body's share of math::ClassSums, lane by lane in float64 (each float32 lane widened exactly; the loops
+// vectorise): pi^, l- with its -inf lanes set aside, and the count of those.
+struct LaneSums {
+  double prob[kLanes] = {}, log_prob[kLanes] = {}, neg_inf[kLanes] = {};
+
+  void push(const VecF& mean_prob, const VecF& mean_log_prob) {
+    const VecF is_neg_inf = mean_log_prob == VecF(-std::numeric_limits<float>::infinity());
+    float p[kLanes], l[kLanes], c[kLanes];
+    mean_prob.store(p);
+    VecF::blendv(mean_log_prob, VecF(0.f), is_neg_inf).store(l);
+    VecF::blendv(VecF(0.f), VecF(1.f), is_neg_inf).store(c);
+    for (int64_t i = 0; i < kLanes; ++i) {
+      prob[i] += double(p[i]);
+      log_prob[i] += double(l[i]);
+      neg_inf[i] += double(c[i]);
+    }
+  }
+
+  void add_to(math::ClassSums& sums) const {
+    for (int64_t i = 0; i < kLanes; ++i) {
+      sums.v[math::ClassSums::kProb] += prob[i];
+      sums.v[math::ClassSums::kLogProb] += log_prob[i];
+      sums.v[math::ClassSums::kNegInf] += neg_inf[i];
+    }
+  }
+};
+
 // float32 math (inputs float16, bfloat16, float32).
 template <typename scalar_t>
 void topk_rows_simd(const TopKStatsProblem& p) {
@@ -115,20 +142,22 @@ void topk_rows_simd(const TopKStatsProblem& p) {
       cpu::member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data());
       heap.clear();
       math::ClassSums all;
+      LaneSums lanes;
       cpu::teacher_class_pass(
           row, members, vocab, shift.data(), log_sum.data(), o, totals,
           [&](int64_t k, const cpu::TeacherBlock& b) {
+            lanes.push(b.mean_prob, b.mean_log_prob);
+            if (heap.full() && !cpu::any_lane(b.mean_prob > VecF(heap.bar()))) return;  // the common case
             float prob[kLanes], log_prob[kLanes];
             b.mean_prob.store(prob);
             b.mean_log_prob.store(log_prob);
-            for (int64_t i = 0; i < kLanes; ++i) all.push(double(prob[i]), double(log_prob[i]));
-            if (heap.full() && !cpu::any_lane(b.mean_prob > VecF(heap.bar()))) return;  // the common case
             for (int64_t i = 0; i < kLanes; ++i) heap.push(prob[i], log_prob[i], k + i);
           },
           [&](int64_t k, const math::ClassTerms<float>& t) {
             all.push(double(t.mean_prob), double(t.mean_log_prob));
             heap.push(t.mean_prob, t.mean_log_prob, k);
           });
+      lanes.add_to(all);
       for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = float(totals[i]);
       write_position(p, n, heap, all);
     }
