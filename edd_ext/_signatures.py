@@ -37,6 +37,11 @@ _SHAPES = """
 """
 
 _LOGIT_SHAPES = """
+    ``teacher_logits`` may also be the compact :class:`~edd_ext.TopKLogitTargets` of ``edd_ext.top_k_logit_targets``:
+    the k most probable classes' member targets exactly, each member's tail summarised by its mean and the pooled
+    variance — an approximation, computed in plain PyTorch (``edd_ext.logit_top_k``); equal to the dense loss with
+    k = V.
+
     Shape:
         loc, log_scale: ``[*, V]`` (same dtype); teacher_logits: ``[*, M, V]``; mask: ``[*]`` bool.
         Output: ``[*]`` for ``reduction="none"``, else a scalar.

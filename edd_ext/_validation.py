@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .types import EnsembleStats, TopKEnsembleStats
+from .types import EnsembleStats, TopKEnsembleStats, TopKLogitTargets
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("none", "sum", "mean")
@@ -262,8 +262,40 @@ def check_loc_scale(loc: Tensor, log_scale: Tensor) -> None:
     check_same_device(loc=loc, log_scale=log_scale)
 
 
+def check_top_k_logit_targets(loc: Tensor, targets: TopKLogitTargets, teacher_norm: str, temperature: float) -> None:
+    """A :class:`TopKLogitTargets` teacher of ``loc [*, V]``: its fields' shapes, and the normalisation the loss
+    asks for must be the one its targets were computed with."""
+    for field in TopKLogitTargets._fields[:4]:
+        value = getattr(targets, field)
+        if not isinstance(value, Tensor):
+            raise ValueError(f"teacher_logits.{field}: expected a Tensor, got {type(value).__name__}")
+    lead, k = tuple(loc.shape[:-1]), targets.indices.shape[-1]
+    if targets.indices.dtype not in INDEX_DTYPES or tuple(targets.indices.shape[:-1]) != lead or \
+            targets.num_classes != loc.shape[-1] or not 1 <= k <= loc.shape[-1]:
+        raise ValueError(f"teacher_logits.indices: expected int64 or int32 [*, k] with positions {lead} and "
+                         f"num_classes {loc.shape[-1]} (those of loc {tuple(loc.shape)}), got "
+                         f"{targets.indices.dtype} of shape {tuple(targets.indices.shape)} and num_classes "
+                         f"{targets.num_classes}")
+    members = targets.targets.shape[-2] if targets.targets.dim() >= 2 else 0
+    for field, shape in (("targets", lead + (members, k)), ("tail_mean", lead + (members,)), ("tail_variance", lead)):
+        value = getattr(targets, field)
+        check_float_tensor(f"teacher_logits.{field}", value, min_dim=0)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"teacher_logits.{field}: expected shape {shape}, got {tuple(value.shape)}")
+    if (teacher_norm, float(temperature)) != (targets.teacher_norm, float(targets.temperature)):
+        raise ValueError(f"teacher_norm, temperature: the top-k targets were computed with teacher_norm="
+                         f"{targets.teacher_norm!r}, temperature={targets.temperature!r}; got {teacher_norm!r}, "
+                         f"{temperature!r}")
+
+
 def check_logit_teacher(loc: Tensor, teacher_logits: object, mask: Optional[Tensor]) -> None:
-    """The member logits ``[*, M, V]`` a logit-space loss needs, matching ``loc [*, V]``, and ``mask``."""
+    """The member logits ``[*, M, V]`` a logit-space loss needs, matching ``loc [*, V]``, and ``mask`` (top-k
+    targets: :func:`check_top_k_logit_targets`)."""
+    if isinstance(teacher_logits, TopKLogitTargets):
+        check_same_device(loc=loc, **{f"teacher_logits.{f}": getattr(teacher_logits, f)
+                                      for f in TopKLogitTargets._fields[:4]})
+        check_mask(mask, loc.shape[:-1], loc.device)
+        return
     if isinstance(teacher_logits, (EnsembleStats, TopKEnsembleStats)):
         raise ValueError(
             "teacher_logits: the logit-space losses need every member's logits [*, M, V]; "

@@ -13,7 +13,9 @@ Kinds of record, per target token (``kind``):
   (V - 1) / (2 RMI), and RMI is often below float16's normal range). 4k + 2 * 2k + 28 bytes in float16: 540 B at
   k = 64. Read by every categorical / Dirichlet loss directly;
 * ``"dense"``: :class:`~edd_ext.EnsembleStats` — 2V values and the five measures (256 KB at V = 32k in float32);
-* ``"logits"``: every member's raw logits, M V values (the logit-space losses need them).
+* ``"logits"``: every member's raw logits, M V values (the logit-space losses need them);
+* ``"logit_top_k"``: :class:`~edd_ext.TopKLogitTargets`, the compact (approximate) form of the logit-space losses'
+  targets (``edd_ext.logit_top_k``): k int32 indices, M k targets in ``storage_dtype``, M + 1 float32 tail numbers.
 
 A cache directory holds
 
@@ -46,19 +48,21 @@ from torch import Tensor
 
 from ._validation import check_choice, check_stats_options
 from ._version import __version__
+from .logit_top_k import top_k_logit_targets
 from .stats import ensemble_stats
-from .types import MEASURE_NAMES, EnsembleStats, TopKEnsembleStats
+from .types import MEASURE_NAMES, EnsembleStats, TopKEnsembleStats, TopKLogitTargets
 
 __all__ = ["build_cache", "TeacherCache", "CacheMismatchError", "IncompleteCacheError", "file_identity",
            "fingerprint", "KINDS", "STORAGE_DTYPES"]
 
-KINDS = ("top_k", "dense", "logits")
+KINDS = ("top_k", "dense", "logits", "logit_top_k")
+_TOP_K_KINDS = ("top_k", "logit_top_k")
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MANIFEST, BUILD = "manifest.json", "build.json"
 FORMAT = 1
 _TOPK_SCALARS = ("tail_mass", "tail_mean_log_prob") + MEASURE_NAMES
 
-Record = Union[TopKEnsembleStats, EnsembleStats, Tensor]
+Record = Union[TopKEnsembleStats, EnsembleStats, TopKLogitTargets, Tensor]
 
 
 class CacheMismatchError(ValueError):
@@ -91,12 +95,15 @@ def fingerprint(arrays: Iterable[Union[np.ndarray, Tensor, bytes]]) -> str:
     return digest.hexdigest()
 
 
-def _options(kind: str, top_k: Optional[int], temperature: float, smoothing: float, storage_dtype: str,
-             teachers: Sequence[object], data_fingerprint: str, lengths: np.ndarray, shard_size: int) -> dict:
+def _options(kind: str, top_k: Optional[int], temperature: float, smoothing: float, teacher_norm: str,
+             storage_dtype: str, teachers: Sequence[object], data_fingerprint: str, lengths: np.ndarray,
+             shard_size: int) -> dict:
     """Everything the records depend on (the build.json, and the manifest without its completion fields)."""
-    return {"format": FORMAT, "kind": kind, "top_k": top_k if kind == "top_k" else None,
-            "temperature": float(temperature), "smoothing": float(smoothing) if kind != "logits" else None,
-            "storage_dtype": storage_dtype, "index_dtype": "int32" if kind == "top_k" else None,
+    logit_kind = kind in ("logits", "logit_top_k")
+    return {"format": FORMAT, "kind": kind, "top_k": top_k if kind in _TOP_K_KINDS else None,
+            "temperature": float(temperature), "smoothing": None if logit_kind else float(smoothing),
+            "teacher_norm": teacher_norm if kind == "logit_top_k" else None,
+            "storage_dtype": storage_dtype, "index_dtype": "int32" if kind in _TOP_K_KINDS else None,
             "teachers": list(teachers), "data": {"fingerprint": data_fingerprint, "sequences": int(len(lengths)),
                                                  "tokens": int(lengths.sum()),
                                                  "lengths_sha256": fingerprint([lengths.astype(np.int64)])},
@@ -131,6 +138,9 @@ def _fields(kind: str, stats_or_logits, dtype: torch.dtype) -> Dict[str, Tensor]
     if kind == "logits":
         return {"logits": stats_or_logits.to(dtype)}
     s = stats_or_logits
+    if kind == "logit_top_k":
+        tail = torch.cat([s.tail_mean.float(), s.tail_variance.float().unsqueeze(-1)], -1)
+        return {"indices": s.indices.to(torch.int32), "targets": s.targets.to(dtype), "tail": tail}
     if kind == "top_k":
         scalars = torch.stack([getattr(s, f).float() for f in _TOPK_SCALARS], -1)
         return {"indices": s.indices.to(torch.int32), "mean_probs": s.mean_probs.to(dtype),
@@ -141,8 +151,8 @@ def _fields(kind: str, stats_or_logits, dtype: torch.dtype) -> Dict[str, Tensor]
 
 def build_cache(directory: str, lengths: Sequence[int], teacher_logits: Callable[[List[int]], Tensor], *,
                 kind: str = "top_k", top_k: Optional[int] = 64, temperature: float = 1.0, smoothing: float = 0.0,
-                storage_dtype: str = "float16", teachers: Sequence[object] = (), data_fingerprint: str = "",
-                shard_size: int = 1024, max_tokens: int = 4096, overwrite: bool = False,
+                teacher_norm: str = "log_softmax", storage_dtype: str = "float16", teachers: Sequence[object] = (),
+                data_fingerprint: str = "", shard_size: int = 1024, max_tokens: int = 4096, overwrite: bool = False,
                 progress: bool = True) -> TeacherCache:
     """Compute and write the teacher records of a corpus (see the module docstring), or resume an interrupted
     build; returns the opened cache.
@@ -153,10 +163,10 @@ def build_cache(directory: str, lengths: Sequence[int], teacher_logits: Callable
         teacher_logits: ``fn(indices) -> [B, T, M, V]`` the teachers' logits for the sequences ``indices`` (a list
             of dataset indices), row b holding sequence ``indices[b]``'s ``lengths[indices[b]]`` tokens first
             (later positions, padding, are ignored). Called under ``torch.no_grad``.
-        kind: ``"top_k"``, ``"dense"`` or ``"logits"``.
-        top_k: k of the ``"top_k"`` records.
+        kind: ``"top_k"``, ``"dense"``, ``"logits"`` or ``"logit_top_k"``.
+        top_k: k of the ``"top_k"`` and ``"logit_top_k"`` records.
         temperature, smoothing: passed to :func:`~edd_ext.ensemble_stats` (``"logits"`` stores raw logits and
-            records the temperature for the reader).
+            records the temperature for the reader; ``"logit_top_k"`` normalises with it and ``teacher_norm``).
         storage_dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"`` for the values (indices are int32, the
             per-token scalars float32).
         teachers: the teachers' identities (e.g. :func:`file_identity` of each checkpoint), JSON-serialisable.
@@ -176,8 +186,8 @@ def build_cache(directory: str, lengths: Sequence[int], teacher_logits: Callable
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.ndim != 1 or (lengths < 0).any():
         raise ValueError(f"lengths: expected [N] non-negative token counts, got shape {lengths.shape}")
-    options = _options(kind, top_k, temperature, smoothing, storage_dtype, teachers, data_fingerprint, lengths,
-                       shard_size)
+    options = _options(kind, top_k, temperature, smoothing, teacher_norm, storage_dtype, teachers, data_fingerprint,
+                       lengths, shard_size)
     key = _options_hash(options)
     os.makedirs(directory, exist_ok=True)
     manifest = _read_json(os.path.join(directory, MANIFEST))
@@ -213,8 +223,14 @@ def build_cache(directory: str, lengths: Sequence[int], teacher_logits: Callable
             with torch.no_grad():
                 logits = teacher_logits([int(first + r) for r in rows])
                 shape_info.update(num_members=int(logits.shape[-2]), num_classes=int(logits.shape[-1]))
-                record = logits if kind == "logits" else ensemble_stats(
-                    logits, temperature=temperature, smoothing=smoothing, top_k=top_k if kind == "top_k" else None)
+                if kind == "logits":
+                    record = logits
+                elif kind == "logit_top_k":
+                    record = top_k_logit_targets(logits, top_k=top_k, teacher_norm=teacher_norm,
+                                                 temperature=temperature)
+                else:
+                    record = ensemble_stats(logits, temperature=temperature, smoothing=smoothing,
+                                            top_k=top_k if kind == "top_k" else None)
                 fields = _fields(kind, record, dtype)
             for b, r in enumerate(rows):
                 n = int(shard_lengths[r])
@@ -284,9 +300,9 @@ class TeacherCache:
     Args:
         directory: the cache directory.
         expect: the options the caller needs (any of ``kind``, ``top_k``, ``temperature``, ``smoothing``,
-            ``storage_dtype``, ``teachers``, ``data_fingerprint``, ``lengths``); a cache built otherwise raises
-            :class:`CacheMismatchError` naming every difference. ``lengths`` (``[N]`` token counts) checks the
-            sequences one by one.
+            ``teacher_norm``, ``storage_dtype``, ``teachers``, ``data_fingerprint``, ``lengths``); a cache built
+            otherwise raises :class:`CacheMismatchError` naming every difference. ``lengths`` (``[N]`` token counts)
+            checks the sequences one by one.
 
     Raises:
         FileNotFoundError: no cache there. IncompleteCacheError: an interrupted build (no manifest).
@@ -331,7 +347,8 @@ class TeacherCache:
               **options) -> None:
         """Raise :class:`CacheMismatchError` unless the cache was built with these options and data."""
         problems = []
-        unknown = set(options) - {"kind", "top_k", "temperature", "smoothing", "storage_dtype", "teachers"}
+        unknown = set(options) - {"kind", "top_k", "temperature", "smoothing", "teacher_norm", "storage_dtype",
+                                  "teachers"}
         if unknown:
             raise ValueError(f"expect: unknown option(s) {sorted(unknown)}")
         for name, want in options.items():
@@ -377,6 +394,11 @@ class TeacherCache:
     def _record(self, fields: Dict[str, Tensor]) -> Record:
         if self.kind == "logits":
             return fields["logits"]
+        if self.kind == "logit_top_k":
+            tail = fields["tail"]
+            return TopKLogitTargets(fields["indices"].long(), fields["targets"], tail[..., :-1], tail[..., -1],
+                                    num_classes=self.num_classes, teacher_norm=self.options["teacher_norm"],
+                                    temperature=self.temperature)
         if self.kind == "top_k":
             scalars = fields["scalars"].unbind(-1)
             return TopKEnsembleStats(fields["indices"].long(), fields["mean_probs"], fields["mean_log_probs"],

@@ -22,7 +22,7 @@ from __future__ import annotations
 from . import _ops, reference
 from . import _signatures as S
 from . import _validation as V
-from .types import TopKEnsembleStats
+from .types import TopKEnsembleStats, TopKLogitTargets
 
 __all__ = ["dirichlet_nll", "proxy_dirichlet_kl", "logit_gaussian_nll", "logit_laplace_nll", "ensemble_kl"]
 
@@ -59,7 +59,7 @@ def _logit_nll(family, loc, log_scale, teacher_logits, *, mask, reduction, **opt
     V.check_logit_nll_options(reduction=reduction, **options)
     V.check_loc_scale(loc, log_scale)
     V.check_logit_teacher(loc, teacher_logits, mask)
-    if not _ops.fused(loc):
+    if isinstance(teacher_logits, TopKLogitTargets) or not _ops.fused(loc):  # top-k targets: plain PyTorch
         fn = reference.logit_gaussian_nll if family == "gaussian" else reference.logit_laplace_nll
         return fn(loc, log_scale, teacher_logits, mask=mask, reduction=reduction, **options)
     return _ops.losses.logit_nll(loc, log_scale, teacher_logits, family=family, mask=mask, reduction=reduction,

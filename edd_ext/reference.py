@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import _signatures as S
+from . import logit_top_k
 from ._validation import (
     FAMILIES,
     check_choice,
@@ -47,8 +48,9 @@ from ._validation import (
     check_teacher,
     check_teacher_logits,
     check_top_k,
+    check_top_k_logit_targets,
 )
-from .types import DirichletUncertainty, EnsembleStats, TopKEnsembleStats, Uncertainty
+from .types import DirichletUncertainty, EnsembleStats, TopKEnsembleStats, TopKLogitTargets, Uncertainty
 
 __all__ = [
     "ensemble_stats",
@@ -403,11 +405,18 @@ def _logit_targets(teacher_logits: Tensor, teacher_norm: str, temperature: float
 
 
 def _resolve_logit_inputs(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
-    """Checks shared by the logit-space losses; returns (mu, rho, x) upcast, masked positions made finite."""
+    """Checks shared by the logit-space losses; returns (mu, rho, x) upcast, masked positions made finite (x: the
+    targets [*, M, V], or the TopKLogitTargets as given)."""
     check_logit_nll_options(teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale,
                             reduction=reduction)
     check_loc_scale(loc, log_scale)
     check_logit_teacher(loc, teacher_logits, mask)
+    if isinstance(teacher_logits, TopKLogitTargets):
+        check_top_k_logit_targets(loc, teacher_logits, teacher_norm, temperature)
+        dtype = _compute_dtype(loc.dtype, teacher_logits.targets.dtype)
+        mu = _fill_masked(loc.to(dtype), mask, 0.0)
+        rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
+        return mu, rho, logit_top_k.fill_masked(teacher_logits, mask)
     dtype = _compute_dtype(loc.dtype, teacher_logits.dtype)
     mu = _fill_masked(loc.to(dtype), mask, 0.0)
     rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
@@ -419,6 +428,8 @@ def _resolve_logit_inputs(loc, log_scale, teacher_logits, *, teacher_norm, tempe
 def logit_gaussian_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
     mu, rho, x = _resolve_logit_inputs(loc, log_scale, teacher_logits, teacher_norm=teacher_norm,
                                        temperature=temperature, min_scale=min_scale, mask=mask, reduction=reduction)
+    if isinstance(x, TopKLogitTargets):
+        return reduce_loss(logit_top_k.logit_nll("gaussian", mu, rho, x, min_scale), mask, reduction)
     scale, log_s = _scale(rho, min_scale)
 
     mean_x = x.mean(-2)  # x-      [*, V]
@@ -432,6 +443,8 @@ def logit_gaussian_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperat
 def logit_laplace_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
     mu, rho, x = _resolve_logit_inputs(loc, log_scale, teacher_logits, teacher_norm=teacher_norm,
                                        temperature=temperature, min_scale=min_scale, mask=mask, reduction=reduction)
+    if isinstance(x, TopKLogitTargets):
+        return reduce_loss(logit_top_k.logit_nll("laplace", mu, rho, x, min_scale), mask, reduction)
     scale, log_s = _scale(rho, min_scale)
 
     abs_dev = (x - mu.unsqueeze(-2)).abs().mean(-2)  # a = (1/M) sum_m |x - mu|   [*, V]

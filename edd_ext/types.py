@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["Uncertainty", "DirichletUncertainty", "EnsembleStats", "TopKEnsembleStats", "MEASURE_NAMES"]
+__all__ = ["Uncertainty", "DirichletUncertainty", "EnsembleStats", "TopKEnsembleStats", "TopKLogitTargets",
+           "MEASURE_NAMES"]
 
 #: Field order of the five measures every uncertainty set carries (and of the ``[*, 5]`` kernel output).
 MEASURE_NAMES = ("total", "data", "mutual_information", "epkl", "rmi")
@@ -110,3 +111,27 @@ class TopKEnsembleStats(NamedTuple):
     @property
     def uncertainty(self) -> Uncertainty:
         return Uncertainty(self.total, self.data, self.mutual_information, self.epkl, self.rmi)
+
+
+class TopKLogitTargets(NamedTuple):
+    """The top-k form of the logit-space losses' targets (``edd_ext.top_k_logit_targets``; an approximation, see
+    ``edd_ext.logit_top_k``).
+
+    indices: ``[*, k]`` the k classes of largest ensemble mean probability.
+    targets: ``[*, M, k]`` every member's normalised logit x^(m) of those classes.
+    tail_mean: ``[*, M]`` each member's mean target over the V - k other classes.
+    tail_variance: ``[*]`` the members' pooled variance of their targets over those classes.
+    num_classes: V. teacher_norm, temperature: how the targets were normalised (the losses check them).
+    """
+
+    indices: Tensor
+    targets: Tensor
+    tail_mean: Tensor
+    tail_variance: Tensor
+    num_classes: int
+    teacher_norm: str = "log_softmax"
+    temperature: float = 1.0
+
+    @property
+    def top_k(self) -> int:
+        return self.indices.shape[-1]

@@ -92,6 +92,22 @@ def test_dense_and_logits_kinds(tmp_path):
     assert logits.batch([6, 1]).shape == (2, max(LENGTHS[6], LENGTHS[1]), M, V)
 
 
+def test_logit_top_k_kind(tmp_path):
+    cache = build(tmp_path, kind="logit_top_k", top_k=6, teacher_norm="center", storage_dtype="float32",
+                  temperature=2.0)
+    u = teacher_of(6, LENGTHS[6])
+    got, want = cache.sequence(6), E.top_k_logit_targets(u, top_k=6, teacher_norm="center", temperature=2.0)
+    assert isinstance(got, E.TopKLogitTargets) and got.teacher_norm == "center" and got.temperature == 2.0
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.targets, want.targets.float())
+    torch.testing.assert_close(got.tail_mean, want.tail_mean.float())
+    torch.testing.assert_close(got.tail_variance, want.tail_variance.float())
+    batch = cache.batch([6, 1])
+    mask = torch.arange(batch.indices.shape[1]) < torch.tensor([LENGTHS[6], LENGTHS[1]]).unsqueeze(-1)
+    loc, rho = torch.randn(2, mask.shape[1], V), torch.zeros(2, mask.shape[1], V)
+    loss = E.logit_laplace_nll(loc, rho, batch, teacher_norm="center", temperature=2.0, mask=mask)
+    assert torch.isfinite(loss)
+
+
 def test_an_interrupted_build_is_detected_and_resumed(tmp_path):
     full = Teachers()
     reference = build(tmp_path / "clean", full)
