@@ -37,13 +37,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
 
 
-def _dtype(*dtypes: torch.dtype) -> torch.dtype:
-    result = torch.float32
-    for dtype in dtypes:
-        result = torch.promote_types(result, dtype)
-    return result
-
-
 def top_k_logit_targets(teacher_logits: Tensor, *, top_k: int, teacher_norm: str = "log_softmax",
                         temperature: float = 1.0) -> TopKLogitTargets:
     """The top-k form of the logit-space losses' targets (see the module docstring).
@@ -53,13 +46,13 @@ def top_k_logit_targets(teacher_logits: Tensor, *, top_k: int, teacher_norm: str
         probability softmax(u / T), by decreasing mean probability, ties to the smaller class), ``targets
         [*, M, k]``, ``tail_mean [*, M]``, ``tail_variance [*]``; float32, or float64 for float64 logits.
     """
-    from .reference import _logit_targets
+    from .reference import _compute_dtype, _logit_targets
 
     check_teacher_logits("teacher_logits", teacher_logits)
     check_top_k(top_k, teacher_logits.shape[-1])
     check_choice("teacher_norm", teacher_norm, ("log_softmax", "center", "none"))
     check_number("temperature", temperature, minimum=0.0, strict=True)
-    u = teacher_logits.detach().to(_dtype(teacher_logits.dtype))
+    u = teacher_logits.detach().to(_compute_dtype(teacher_logits.dtype))
     num_classes = u.shape[-1]
     x = _logit_targets(u, teacher_norm, temperature)  # [*, M, V]
     mean_probs = torch.softmax(u / temperature, dim=-1).mean(-2)

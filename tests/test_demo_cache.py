@@ -5,28 +5,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_demo import _tiny_setup
 
 import edd_ext as E
 from edd_ext import reference
-from edd_ext.demo import corpus as demo_corpus
 from edd_ext.demo.__main__ import parse_args
-from edd_ext.demo.model import ModelConfig, Seq2Seq
+from edd_ext.demo.model import Seq2Seq
 from edd_ext.demo.train import batches, build_teacher_cache, teacher_logits, train_students
 
 
-def _setup():
-    corpus = demo_corpus.toy_corpus(vocab=60, train_size=64, test_size=4, seed=2, max_len=5)
-    d = corpus.dictionary
-    src = [d.encode(s) for s in corpus.train_src]
-    tgt = [d.encode(t) for t in corpus.train_tgt]
-    cfg = ModelConfig(vocab_size=len(d), d_model=16, nhead=2, layers=1, ffn=32, dropout=0.0, max_len=32)
-    torch.manual_seed(0)
-    teachers = [Seq2Seq(cfg).eval() for _ in range(2)]
-    return cfg, teachers, src, tgt
-
-
 def test_the_cache_gives_each_batch_its_sentences_statistics(tmp_path):
-    cfg, teachers, src, tgt = _setup()
+    cfg, teachers, src, tgt = _tiny_setup()
     cache = build_teacher_cache(teachers, src, tgt, str(tmp_path), top_k=cfg.vocab_size, storage_dtype="float32",
                                 progress=False)
     assert len(cache) == len(src) and cache.top_k == cfg.vocab_size
@@ -39,7 +28,7 @@ def test_the_cache_gives_each_batch_its_sentences_statistics(tmp_path):
 
 
 def test_students_train_from_the_cache(tmp_path):
-    cfg, teachers, src, tgt = _setup()
+    cfg, teachers, src, tgt = _tiny_setup()
     cache = build_teacher_cache(teachers, src, tgt, str(tmp_path), top_k=16, progress=False)
     students = {"EnD": Seq2Seq(cfg), "EnD2": Seq2Seq(cfg), "Proxy-Dirichlet": Seq2Seq(cfg)}
     info = train_students(students, teachers, src, tgt, steps=3, batch_size=8, lr=1e-3, seed=0, progress=False,
@@ -48,7 +37,7 @@ def test_students_train_from_the_cache(tmp_path):
 
 
 def test_logit_students_need_live_teachers(tmp_path):
-    cfg, teachers, src, tgt = _setup()
+    cfg, teachers, src, tgt = _tiny_setup()
     cache = build_teacher_cache(teachers, src, tgt, str(tmp_path), top_k=8, progress=False)
     with pytest.raises(ValueError, match="logit-space students need every member's logits"):
         train_students({"Logit-Gaussian": Seq2Seq(cfg, log_scale_head=True)}, teachers, src, tgt, steps=1,
