@@ -88,6 +88,10 @@ def dirichlet_nll(
     alpha_0 and the per-position sums are float64, so the loss stays finite for z up to 80 at any V. With
     M = 1 or identical members the loss is unbounded below in the precision direction (the model's nature).
 
+    A teacher logit of -inf is a probability of 0: where a member gives class k probability 0 (and no smoothing
+    was applied to the statistics), l-_k = -inf and the negative log-likelihood is infinite; the loss is then
+    +inf, with a gradient of +inf for that class, never NaN. A student logit of -inf (alpha_k = c) stays finite.
+
     Shape:
         student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`EnsembleStats` (uses
         ``mean_log_probs``); mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
@@ -130,7 +134,9 @@ def proxy_dirichlet_kl(
         direction="forward":  L = KL[Dir(beta) || Dir(alpha)] / beta_0
             dL/dz_j = (alpha_j - c) [psi(alpha_j) - psi(alpha_0) - psi(beta_j) + psi(beta_0)] / beta_0
 
-    The loss is >= 0 and zero at alpha = beta; the target is a constant.
+    The loss is >= 0 and zero at alpha = beta; the target is a constant. A teacher logit of -inf is a probability
+    of exactly 0 (0 ln 0 = 0): the target stays finite, equal to its limit (when only some members give a class
+    probability 0, RMI and EPKL are +inf and beta^_0 = 0).
 
     ``reference_code_compat=True`` (reverse only) reproduces the released code's objective,
     L = -sum_k pi^_k (psi(alpha_k) - psi(alpha_0)) - H[Dir(alpha)] / beta_0. It differs from the exact KL / beta_0
@@ -202,7 +208,10 @@ def logit_gaussian_nll(
         dL/dmu_k = (mu_k - x-_k) / s_k^2,   dL/drho_k = (1 - v_k / s_k^2) (s_k - min_scale) / s_k
 
     v is accumulated in centred form, v = (1/M) sum_m (x - x-)^2 + (x- - mu)^2, never as
-    E[x^2] - 2 mu E[x] + mu^2.
+    E[x^2] - 2 mu E[x] + mu^2. ``"center"`` subtracts the mean of the logits other than -inf.
+
+    A teacher logit of -inf is a target of -inf, whose likelihood is 0: the loss is then +inf (never NaN), with
+    gradients +inf (loc) and -inf (log_scale) for that class.
 
     Shape:
         loc, log_scale: ``[*, V]`` (same dtype); teacher_logits: ``[*, M, V]``; mask: ``[*]`` bool.
@@ -230,7 +239,8 @@ def logit_laplace_nll(
         L = sum_k [ ln s_k + ln 2 + a_k / s_k ],   a_k = (1/M) sum_m |x^(m)_k - mu_k|
         dL/dmu_k = -(1/(M s_k)) sum_m sign(x^(m)_k - mu_k),   dL/drho_k = (1 - a_k / s_k)(s_k - min_scale) / s_k
 
-    Its optimum is mu at a median of the members' targets and s at their mean absolute deviation from it.
+    Its optimum is mu at a median of the members' targets and s at their mean absolute deviation from it. A
+    teacher logit of -inf is a target of -inf: the loss is then +inf (never NaN).
 
     Shape:
         loc, log_scale: ``[*, V]`` (same dtype); teacher_logits: ``[*, M, V]``; mask: ``[*]`` bool.
@@ -251,7 +261,8 @@ def ensemble_kl(
 
         L = sum_k pi^_k (ln pi^_k - log_softmax(z)_k),   dL/dz = softmax(z) - pi^
 
-    with 0 ln 0 = 0. Standard distillation to the ensemble mean; it gives no knowledge uncertainty.
+    with 0 ln 0 = 0: a teacher logit of -inf (a probability of 0) adds nothing. Standard distillation to the
+    ensemble mean; it gives no knowledge uncertainty.
 
     Shape:
         student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`EnsembleStats` (uses

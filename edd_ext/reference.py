@@ -361,7 +361,8 @@ def dirichlet_nll(
         dL/dz_k = (alpha_k - c) (psi(alpha_k) - psi(alpha_0) - l-_k)
 
     Only the mean log-probability l- of the teacher is needed. With M = 1 or identical members the loss is
-    unbounded below in the precision direction (the model's nature); it stays finite for finite inputs.
+    unbounded below in the precision direction (the model's nature); it stays finite for finite inputs. A member
+    that gives a class probability 0 (a teacher logit of -inf, l-_k = -inf, no smoothing) makes the loss +inf.
 
     Shape:
         student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`EnsembleStats` with
@@ -374,7 +375,12 @@ def dirichlet_nll(
 
     alpha, _ = _concentrations(z, model_offset)
     alpha0 = alpha.sum(-1)
-    loss = _log_beta(alpha, alpha0) - ((alpha - 1.0) * stats.mean_log_probs).sum(-1)
+    # l-_k = -inf (a member gives class k probability 0): the term is -inf whatever alpha_k, so that the loss is
+    # +inf (never NaN from 0 * -inf); autograd sees a finite stand-in there
+    zero_prob = stats.mean_log_probs == -math.inf
+    weighted = (alpha - 1.0) * stats.mean_log_probs.masked_fill(zero_prob, 0.0)
+    weighted = weighted.masked_fill(zero_prob, -math.inf)
+    loss = _log_beta(alpha, alpha0) - weighted.sum(-1)
     return reduce_loss(loss, mask, reduction)
 
 
@@ -469,12 +475,15 @@ def proxy_dirichlet_kl(
 
 def _logit_targets(teacher_logits: Tensor, teacher_norm: str, temperature: float) -> Tensor:
     """Normalised teacher logits x^(m) ``[*, M, V]``: the logits divided by T, then
-    ``log_softmax`` (default), centred (each member's mean logit subtracted) or left as they are."""
+    ``log_softmax`` (default), centred (each member's mean logit other than -inf subtracted) or left as they are."""
     scaled = teacher_logits / temperature
     if teacher_norm == "log_softmax":
         return torch.log_softmax(scaled, dim=-1)
     if teacher_norm == "center":
-        return scaled - scaled.mean(-1, keepdim=True)
+        # the mean of the logits other than -inf, so that a -inf logit stays a target of -inf
+        kept = scaled != -math.inf
+        total = torch.where(kept, scaled, torch.zeros((), dtype=scaled.dtype, device=scaled.device)).sum(-1, True)
+        return scaled - total / kept.sum(-1, keepdim=True).clamp_min(1)
     return scaled
 
 
@@ -539,7 +548,8 @@ def logit_gaussian_nll(
         L = sum_k [ ln s_k + 1/2 ln 2pi + v_k / (2 s_k^2) ],   v_k = (1/M) sum_m (x^(m)_k - mu_k)^2
 
     v is accumulated in centred form, v = (1/M) sum_m (x - x-)^2 + (x- - mu)^2 with x- = (1/M) sum_m x^(m),
-    never as E[x^2] - 2 mu E[x] + mu^2 (which cancels catastrophically in float32).
+    never as E[x^2] - 2 mu E[x] + mu^2 (which cancels catastrophically in float32). A target of -inf (a teacher
+    logit of -inf) makes the loss +inf.
 
         dL/dmu_k = (mu_k - x-_k) / s_k^2,   dL/drho_k = (1 - v_k / s_k^2) (s_k - min_scale) / s_k
 
@@ -552,11 +562,14 @@ def logit_gaussian_nll(
     )
     scale, log_s = _scale(rho, min_scale)
 
+    # a target of -inf (a teacher logit of -inf) makes the class's term +inf; autograd sees a finite stand-in
+    infinite = (x == -math.inf).any(-2)  # [*, V]
+    x = x.masked_fill(x == -math.inf, 0.0)
     mean_x = x.mean(-2)  # x-      [*, V]
     spread = (x - mean_x.unsqueeze(-2)).square().mean(-2)  # (1/M) sum_m (x - x-)^2
     sq_dev = spread + (mean_x - mu).square()  # v = (1/M) sum_m (x - mu)^2
-    loss = (log_s + _HALF_LOG_2PI + sq_dev / (2.0 * scale.square())).sum(-1)
-    return reduce_loss(loss, mask, reduction)
+    terms = (log_s + _HALF_LOG_2PI + sq_dev / (2.0 * scale.square())).masked_fill(infinite, math.inf)
+    return reduce_loss(terms.sum(-1), mask, reduction)
 
 
 def logit_laplace_nll(

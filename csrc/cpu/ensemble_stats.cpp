@@ -43,12 +43,12 @@ void ensemble_rows_simd(const EnsembleStatsProblem& p, const scalar_t* logits, f
       cpu::ChunkedSum sums[math::kNumMeasures];
       for (int64_t k = 0; k < body; k += kLanes) {
         const cpu::TeacherBlock b = cpu::teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o);
-        const VecF p_log_p = b.mean_prob * b.log_mean_prob;
+        const VecF p_log_p = cpu::xmul(b.mean_prob, b.log_mean_prob);
         sums[0].push(VecF(0.f) - p_log_p);
         sums[1].push(VecF(0.f) - b.mean_p_log_p);
         sums[2].push(cpu::clamp_rounding(b.mean_p_log_p - p_log_p));
-        sums[3].push(cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
-        sums[4].push(cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob)));
+        sums[3].push(cpu::clamp_rounding(b.mean_p_log_p - cpu::xmul(b.mean_prob, b.mean_log_prob)));
+        sums[4].push(cpu::clamp_rounding(cpu::xmul(b.mean_prob, b.log_mean_prob - b.mean_log_prob)));
         if (mean_probs != nullptr) {
           b.mean_prob.store(mean_probs + n * vocab + k);
           b.mean_log_prob.store(mean_log_probs + n * vocab + k);
