@@ -49,6 +49,9 @@ TORCH_LIBRARY(edd_ext, m) {
   m.def(
       "ensemble_kl(Tensor student_logits, Tensor? teacher_logits, Tensor? mean_probs, Tensor? mask,"
       " int reduction, bool compute_grad, bool reuse_grad=False) -> (Tensor loss, Tensor grad)");
+  // The registered backward of the losses: grad [*, V] *= factor (0-dim, or [*] one per position) in place,
+  // leaving rows whose factor is exactly 1 and masked rows (mask [*] False) untouched (edd_ext/grad_scale.h).
+  m.def("scale_grad_(Tensor(a!) grad, Tensor factor, Tensor? mask) -> ()");
 
   // ---- student uncertainty (SPEC section 3) ----
   // student_logits [*, V] -> [*, 7] float64: total, data, mutual_information, epkl, rmi, precision,
