@@ -51,7 +51,8 @@ struct LossProblem {
   bool compute_grad = false;
   Reduction reduction = Reduction::kNone;
   // Factor the CPU kernels fold into every gradient element they write: 1 / (unmasked positions) for the
-  // mean, else 1 (host_grad_scale). The CUDA kernels write unscaled rows (scale_grad_on_device).
+  // mean, else 1 (host_grad_scale). The CUDA kernels read the same factor from a device scalar when a mask
+  // must be counted (cuda::grad_scale_for).
   double grad_scale = 1.0;
 
   at::ScalarType teacher_type() const {
@@ -198,14 +199,6 @@ inline at::Tensor reduced_loss(const LossProblem& p) {
   at::Tensor total = p.loss.sum();
   if (p.reduction == Reduction::kSum) return total;
   return total.div(unmasked_count(p, total.scalar_type()));
-}
-
-// CUDA: divides the gradient rows by the unmasked positions for the mean (on the device, no synchronisation).
-inline void scale_grad_on_device(const LossProblem& p) {
-  if (p.reduction != Reduction::kMean || !p.compute_grad) return;
-  const at::Tensor inv_count = unmasked_count(p, p.loss.scalar_type()).reciprocal();
-  p.grad.mul_(inv_count);
-  if (p.grad_log_scale.defined()) p.grad_log_scale.mul_(inv_count);
 }
 
 // Options of the proxy-Dirichlet KL, checked once for both backends.
