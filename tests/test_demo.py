@@ -149,6 +149,7 @@ def test_quick_preset_and_overrides():
 
 def _tiny_setup():
     import torch
+
     from edd_ext.demo.model import ModelConfig, Seq2Seq
 
     corpus = demo_corpus.toy_corpus(vocab=60, train_size=64, test_size=4, seed=2, max_len=5)
@@ -163,6 +164,7 @@ def _tiny_setup():
 
 def test_end2_student_starts_from_the_end_student():
     import torch
+
     from edd_ext.demo.model import Seq2Seq
     from edd_ext.demo.train import train_students
 
@@ -201,3 +203,49 @@ def test_end2_init_flag():
     assert parse_args(["--end2-init", "scratch"]).end2_init == "scratch"
     with pytest.raises(SystemExit):
         parse_args(["--end2-init", "warm"])
+
+
+def _nan_like_loss(*args, **kwargs):
+    """A loss that "works" but returns garbage: NaN, still attached to the student's graph."""
+    student = args[0]
+    return student.sum() * float("nan")
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("broken on purpose")
+
+
+@pytest.mark.parametrize("name, broken, error", [
+    ("proxy_dirichlet_kl", _raise, RuntimeError),
+    ("proxy_dirichlet_kl", _nan_like_loss, FloatingPointError),
+    ("logit_laplace_nll", _nan_like_loss, FloatingPointError),
+])
+def test_demo_fails_loudly_when_a_fused_loss_breaks(monkeypatch, tmp_path, name, broken, error):
+    """The demo calls the public API directly: a loss that raises or returns NaN stops it, never a fallback."""
+    import edd_ext as E
+    from edd_ext.demo.__main__ import run
+
+    monkeypatch.setattr(E, name, broken)
+    method = {"proxy_dirichlet_kl": "Proxy-Dirichlet", "logit_laplace_nll": "Logit-Laplace"}[name]
+    args = parse_args(TINY + ["--methods", method, "--teacher-steps", "2", "--output-dir", str(tmp_path)])
+    with pytest.raises(error):
+        run(args)
+
+
+def test_demo_fails_loudly_when_an_uncertainty_measure_breaks(monkeypatch, tmp_path):
+    import torch
+
+    import edd_ext as E
+    from edd_ext.demo.__main__ import run
+
+    real = E.uncertainty.ensemble
+
+    def nan_measures(*args, **kwargs):
+        u = real(*args, **kwargs)
+        return u._replace(mutual_information=torch.full_like(u.mutual_information, float("nan")))
+
+    monkeypatch.setattr(E.uncertainty, "ensemble", nan_measures)
+    args = parse_args(TINY + ["--methods", "EnD", "--teacher-steps", "2", "--student-steps", "2",
+                              "--output-dir", str(tmp_path)])
+    with pytest.raises(FloatingPointError, match="MI"):
+        run(args)

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import _api
+import edd_ext as E
+
 from .corpus import BOS, EOS, PAD
 from .model import Seq2Seq
 
@@ -133,15 +134,15 @@ def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_
     fn_name, _ = METHODS[method]
     loc, log_scale = outputs
     if log_scale is None:
-        return getattr(_api, fn_name)(loc, stats, mask=mask)
-    loss = getattr(_api, fn_name)(loc, log_scale, teacher_logits, mask=mask) / loc.shape[-1]
+        return getattr(E, fn_name)(loc, stats, mask=mask)
+    loss = getattr(E, fn_name)(loc, log_scale, teacher_logits, mask=mask) / loc.shape[-1]
     if logit_anchor:
-        loss = loss + logit_anchor * _api.ensemble_kl(loc, stats, mask=mask)
+        loss = loss + logit_anchor * E.ensemble_kl(loc, stats, mask=mask)
     return loss
 
 
 @torch.no_grad()
-def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: "Batch") -> None:
+def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: Batch) -> None:
     """Start a logit-space student's biases at the teachers' per-class log-prob mean and spread."""
     x = torch.log_softmax(teacher_logits(teachers, batch.src, batch.prev).float(), -1)[batch.mask]  # [N, M, V]
     mean = x.mean(1)
@@ -171,7 +172,7 @@ def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt,
     for i, b in enumerate(bar):
         t0 = time.perf_counter()
         logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
-        stats = _api.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+        stats = E.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()
