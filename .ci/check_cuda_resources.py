@@ -10,8 +10,8 @@ read with `cuobjdump --dump-resource-usage` and `cuobjdump -elf`:
     launch fits (a kernel over the limit fails to launch, as the 512-thread kernels of a -G build once did);
   * no local memory and no stack frame (nothing spilled, no array indexed at run time);
   * static shared memory <= 48 KiB, the most a block gets without opting in.
-Prints one line per kernel and exits 1 on any violation. cuobjdump comes with the CUDA toolkit or from PyPI
-(`pip install nvidia-cuda-cuobjdump`, found here under nvidia/cu13/bin).
+Prints one line per kernel and exits 1 on any violation. cuobjdump comes with the CUDA toolkit, from PyPI
+(`pip install nvidia-cuda-cuobjdump`, found here under nvidia/cu13/bin) or with Triton.
 """
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def find_cuobjdump(given: Optional[str]) -> str:
 
         for root in nvidia.__path__:
             candidates += [os.path.join(root, sub, "bin", "cuobjdump") for sub in ("cu13", "cu12", "cuda_cuobjdump")]
+    except ImportError:
+        pass
+    try:
+        import triton  # ships a cuobjdump for its NVIDIA backend
+
+        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
     except ImportError:
         pass
     for path in candidates:

@@ -203,8 +203,8 @@ def test_neg_inf_student_logits_stay_finite(dtype, device):
     z[:, [1, 20, 35]] = -math.inf
     z_limit = torch.where(z == -math.inf, torch.full((), FAR, dtype=torch.float64), z.double())
     for fused, ref in ((edd_ext.dirichlet_nll, R.dirichlet_nll), (edd_ext.proxy_dirichlet_kl, R.proxy_dirichlet_kl)):
-        loss, (grad,) = _loss_and_grad(lambda s: fused(s, u.to(device), reduction="none"), [z], device)
-        want, (want_grad,) = _loss_and_grad(lambda s: ref(s, u.double(), reduction="none"), [z_limit], "cpu")
+        loss, (grad,) = _loss_and_grad(lambda s, f=fused: f(s, u.to(device), reduction="none"), [z], device)
+        want, (want_grad,) = _loss_and_grad(lambda s, f=ref: f(s, u.double(), reduction="none"), [z_limit], "cpu")
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
         _close(loss, want, dtype, fused.__name__)
         _close(grad, want_grad, dtype, fused.__name__ + " grad")
