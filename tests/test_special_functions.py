@@ -107,7 +107,7 @@ OUTSIDE_DOMAIN = "[-float('inf'), -1e300, -2.0**60, -2.0**25, -1e7, -3.5, -1.0, 
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_outside_domain_is_nan_and_returns(dtype, device):
+def test_outside_domain_is_nan_and_returns(dtype, device, tmp_path):
     import subprocess
     import sys
 
@@ -119,7 +119,8 @@ def test_outside_domain_is_nan_and_returns(dtype, device):
         "    assert y.isnan().all(), (name, y)\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # from an empty folder: the child imports the edd_ext this process imported, not a checkout in the cwd
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

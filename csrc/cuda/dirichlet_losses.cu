@@ -27,7 +27,7 @@ namespace {
 //   dL/dz_k = exp(z_k) (psi(alpha_k) - psi(alpha_0) - l_k).
 // Block reductions: alpha_0 (float64), the M log-sum-exps (teacher logits only), the loss (float64).
 template <typename student_t, typename teacher_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(acc_t)
     dirichlet_nll_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
                          const teacher_t* __restrict__ rows, const bool* __restrict__ mask, int64_t positions,
                          int64_t members, int64_t vocab, double model_offset, acc_t log_c,
@@ -102,7 +102,7 @@ __device__ __forceinline__ void proxy_mean_prob_and_measure(const teacher_t* __r
 // from the members (M more reads of the teacher row, often from L2) instead of keeping a [V] row per block:
 // the kernel needs no workspace of the size of the vocabulary.
 template <typename student_t, typename teacher_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(acc_t)
     proxy_kl_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
                     const teacher_t* __restrict__ rows, const double* __restrict__ measures,
                     const bool* __restrict__ mask, int64_t positions, int64_t members, int64_t vocab, ProxyOptions o,

@@ -23,7 +23,7 @@ namespace {
 // dL/dz_j = -pi^_j + (sum_k pi^_k) q_j = q_j - pi^_j. pi^_k = (1/M) sum_m exp(l_mk) from the members'
 // log-probabilities l_mk, with 0 ln 0 = 0 where they underflow; from statistics pi^_k = mean_probs_k.
 template <typename student_t, typename teacher_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(acc_t)
     ensemble_kl_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
                        const teacher_t* __restrict__ rows, const bool* __restrict__ mask, int64_t positions,
                        int64_t members, int64_t vocab, cuda::GradScale grad_scale,

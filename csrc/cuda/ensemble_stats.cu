@@ -23,7 +23,7 @@ namespace edd_ext {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(acc_t)
     ensemble_stats_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t members, int64_t vocab,
                           acc_t inv_t, acc_t inv_m, acc_t log_m, bool smooth, acc_t log1m_eps, acc_t log_eps_v,
                           acc_t* __restrict__ member_workspace, int64_t member_row, acc_t* __restrict__ mean_probs,

@@ -17,7 +17,7 @@ namespace edd_ext {
 namespace {
 
 template <typename grad_t, typename factor_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(at::opmath_type<grad_t>)
     scale_rows_kernel(grad_t* __restrict__ grad, const factor_t* __restrict__ factor, int64_t factor_stride,
                       const bool* __restrict__ keep, int64_t rows, int64_t vocab) {
   using acc_t = at::opmath_type<grad_t>;

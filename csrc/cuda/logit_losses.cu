@@ -25,7 +25,7 @@ namespace {
 // Laplace:  L_k = ln s + ln 2 + a/s, a = (1/M) sum_m |x_m - mu|:
 //   dL/dmu = -(1/(M s)) sum_m sign(x_m - mu);  dL/drho = (1 - a/s) (s - s_min)/s.
 template <typename student_t, typename teacher_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(acc_t)
     logit_nll_kernel(const student_t* __restrict__ locs, const student_t* __restrict__ log_scales,
                      const teacher_t* __restrict__ logits, const bool* __restrict__ mask, int64_t positions,
                      int64_t members, int64_t vocab, bool laplace, math::TeacherNorm norm, acc_t inv_t,

@@ -63,7 +63,7 @@ __device__ __forceinline__ T block_max(T v, T* scratch) {
 // ---------------------------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL dirichlet_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t vocab, acc_t c,
+EDD_EXT_BLOCK_KERNEL(acc_t) dirichlet_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t vocab, acc_t c,
                                  acc_t log_c, double* __restrict__ out) {
   __shared__ acc_t max_scratch[cuda::kMaxWarps];
   __shared__ double sum_scratch[math::kNumDirichletSums * cuda::kMaxWarps];
@@ -137,7 +137,7 @@ template <typename acc_t>
 using SampleLogSumExp = math::OnlineLogSumExp<acc_t, double, math::SampleExp>;
 
 template <Family kFamily, typename scalar_t, typename acc_t>
-EDD_EXT_BLOCK_KERNEL
+EDD_EXT_BLOCK_KERNEL(acc_t)
     logit_kernel(const scalar_t* __restrict__ loc, const scalar_t* __restrict__ log_scale, LogitArgs<acc_t> args,
                  acc_t* __restrict__ workspace, acc_t* __restrict__ out) {
   __shared__ cuda::LogSumExpScratch<acc_t, double> lse_scratch;

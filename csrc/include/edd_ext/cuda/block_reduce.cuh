@@ -75,13 +75,20 @@ __device__ __forceinline__ math::OnlineLogSumExp<T, S, Exp> block_logsumexp(math
   return t;
 }
 
-// The largest block of the block-per-position kernels. Each of them is declared EDD_EXT_BLOCK_KERNEL, i.e. with
-// __launch_bounds__(kMaxBlockThreads, 1), so that the compiler keeps it within 65536 / kMaxBlockThreads = 128
-// registers per thread in every build (debug builds included), and no lower (without the minimum of one block per
-// multiprocessor ptxas aims at 64 and spills the float64 kernels); .ci/check_cuda_resources.py checks the
-// compiled kernels against their launch bounds.
+// The largest block of the block-per-position kernels. Each of them is declared EDD_EXT_BLOCK_KERNEL(acc_t), i.e.
+// with __launch_bounds__(kMaxBlockThreads, min_blocks_per_sm<acc_t>()), so that its registers per thread fit the
+// block in every build (debug builds included): two 512-thread blocks per multiprocessor (<= 64 registers) for
+// float math, one (<= 128 registers) for float64 math, which spills at 64. .ci/check_cuda_resources.py checks
+// the compiled kernels against their launch bounds.
 constexpr int kMaxBlockThreads = 512;
-#define EDD_EXT_BLOCK_KERNEL __global__ void __launch_bounds__(::edd_ext::cuda::kMaxBlockThreads, 1)
+
+template <typename acc_t>
+constexpr int min_blocks_per_sm() {
+  return sizeof(acc_t) > 4 ? 1 : 2;
+}
+
+#define EDD_EXT_BLOCK_KERNEL(acc_t) \
+  __global__ void __launch_bounds__(::edd_ext::cuda::kMaxBlockThreads, ::edd_ext::cuda::min_blocks_per_sm<acc_t>())
 
 // Threads per block for a row of `vocab` classes.
 inline int threads_for(int64_t vocab) { return vocab >= 8192 ? kMaxBlockThreads : (vocab >= 1024 ? 256 : 128); }
