@@ -17,7 +17,9 @@
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/dirichlet_math.h"
 #include "edd_ext/ensemble_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -53,7 +55,7 @@ EDD_EXT_BLOCK_KERNEL(acc_t)
     const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0));
     const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
     if (logits != nullptr) {
-      cuda::block_member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
+      cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
     }
     double sum[1] = {0};
@@ -129,7 +131,7 @@ EDD_EXT_BLOCK_KERNEL(acc_t)
     // sums: [0] the measure (from logits), [1] sum_k pi^_k
     double sums[2] = {0, 0};
     if (logits != nullptr) {
-      cuda::block_member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
+      cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
       for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
         acc_t mean_prob, measure;

@@ -14,7 +14,9 @@
 
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/logit_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -51,7 +53,7 @@ EDD_EXT_BLOCK_KERNEL(acc_t)
     const acc_t z_max = total.max, z_log_sum = acc_t(::log(total.sum));
     const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
     if (logits != nullptr) {
-      cuda::block_member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
+      cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
     }
     double sum[1] = {0};

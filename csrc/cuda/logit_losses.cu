@@ -15,7 +15,9 @@
 
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/logit_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -49,7 +51,7 @@ EDD_EXT_BLOCK_KERNEL(acc_t)
       continue;
     }
     const teacher_t* row = logits + n * members * vocab;
-    cuda::block_member_normalisers(row, members, vocab, inv_t, norm, shift, offset, scratch);
+    cuda::block_target_normalizers(row, members, vocab, inv_t, norm, shift, offset, scratch);
     auto target = [&](int64_t m, int64_t k) { return (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
     double sum[1] = {0};
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "edd_ext/softmax.h"
 
 namespace edd_ext {
