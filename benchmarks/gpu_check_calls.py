@@ -63,7 +63,8 @@ def calls(device: torch.device):
     yield "logit_gaussian_nll M=6200", lambda: edd_ext.logit_gaussian_nll(z, z, u)
     positions = torch.tensor([0, 5], device=device)
     for family in ("gaussian", "laplace"):
-        yield f"philox_noise {family}", lambda family=family: torch.ops.edd_ext_testing.philox_noise(positions, 1, 5, 9, family)
+        yield (f"philox_noise {family}",
+               lambda family=family: torch.ops.edd_ext_testing.philox_noise(positions, 1, 5, 9, family))
     counters = torch.arange(40, device=device).view(10, 4)
     yield "philox4x32", lambda: torch.ops.edd_ext_testing.philox4x32(counters, 7)
     x = torch.linspace(-2, 30, 301, device=device)
