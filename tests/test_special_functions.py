@@ -108,6 +108,7 @@ OUTSIDE_DOMAIN = "[-float('inf'), -1e300, -2.0**60, -2.0**25, -1e7, -3.5, -1.0, 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_outside_domain_is_nan_and_returns(dtype, device, tmp_path):
+    import os
     import subprocess
     import sys
 
@@ -119,8 +120,11 @@ def test_outside_domain_is_nan_and_returns(dtype, device, tmp_path):
         "    assert y.isnan().all(), (name, y)\n"
         "print('ok')\n"
     )
-    # from an empty folder: the child imports the edd_ext this process imported, not a checkout in the cwd
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    # the child imports the edd_ext this process imported (its folder first on the path, the cwd an empty one)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(edd_ext.__file__)), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
