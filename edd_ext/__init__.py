@@ -2,7 +2,7 @@
 
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
-from . import amalgamation, metrics, nn, plotting, uncertainty
+from . import amalgamation, distributed, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
 from ._version import __version__  # noqa: F401  (the version, single-sourced)
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
@@ -21,6 +21,7 @@ __all__ = [
     "metrics",
     "plotting",
     "amalgamation",
+    "distributed",
     "EnsembleStats",
     "Uncertainty",
     "DirichletUncertainty",
