@@ -77,9 +77,9 @@ void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, flo
   }
 }
 
-// l where p > 0, 0 where p == 0, so that p l is 0 for a log-probability of -inf (0 ln 0 = 0) and unchanged
-// otherwise.
-EDD_CPU_INLINE VecF zero_where_no_mass(const VecF& p, const VecF& l) { return VecF::blendv(l, VecF(0.f), p == VecF(0.f)); }
+// A log-probability of -inf raised to the lowest finite float (one max instruction; NaN and finite values pass
+// unchanged), so that p l is 0 x finite = 0 for it (0 ln 0 = 0) and bitwise unchanged otherwise.
+EDD_CPU_INLINE VecF finite_log_prob(const VecF& l) { return fast_max(VecF(std::numeric_limits<float>::lowest()), l); }
 
 // The ensemble at kLanes classes [k, k + kLanes): mean probability p, mean log-probability E[l], E[p l]
 // and ln p (from the summed probabilities; from the largest member's l where they underflow). A member's
@@ -99,7 +99,7 @@ EDD_CPU_INLINE TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_
     const VecF p = exp_fast(l);
     sp = sp + p;
     sl = sl + l;
-    spl = at::vec::fmadd(p, zero_where_no_mass(p, l), spl);
+    spl = at::vec::fmadd(p, finite_log_prob(l), spl);
     ml = at::vec::maximum(ml, l);
   }
   const VecF inv_m(o.inv_members), log_m(o.log_members);
@@ -124,7 +124,7 @@ EDD_CPU_INLINE TeacherBlock teacher_block_weighted(const scalar_t* row, const fl
     const VecF p = VecF::loadu(weights + m * vocab + k) * VecF(inv_sum[m]);
     sp = sp + p;
     sl = sl + l;
-    spl = at::vec::fmadd(p, zero_where_no_mass(p, l), spl);
+    spl = at::vec::fmadd(p, finite_log_prob(l), spl);
     ml = at::vec::maximum(ml, l);
   }
   const VecF inv_m(o.inv_members), log_m(o.log_members);
