@@ -47,6 +47,9 @@ TORCH_LIBRARY(edd_ext, m) {
   m.def(
       "ensemble_kl(Tensor student_logits, Tensor? teacher_logits, Tensor? mean_probs, Tensor? mask,"
       " int reduction, bool compute_grad, bool reuse_grad=False) -> (Tensor loss, Tensor grad)");
+  // The registered backward of the losses: grad [*, V] *= factor (0-dim, or [*] one per position) in place,
+  // leaving rows whose factor is exactly 1 and masked rows (mask [*] False) untouched (edd_ext/grad_scale.h).
+  m.def("scale_grad_(Tensor(a!) grad, Tensor factor, Tensor? mask) -> ()");
 
   // ---- compact top-k teacher statistics (SPEC section 1.1) and the losses that read them ----
   // teacher_logits [*, M, V] -> indices [*, k] int64 (the k classes of largest mean probability, by decreasing

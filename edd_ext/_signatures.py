@@ -48,9 +48,10 @@ _LOGIT_SHAPES = """
 """
 
 _TEACHER_NORM = """
-    Targets x^(m): ``teacher_norm="log_softmax"`` (default) log_softmax(u^(m) / T); ``"center"`` u/T minus each
-    member's mean logit; ``"none"`` u/T. s_k = exp(rho_k) + ``min_scale`` (rho = ``log_scale``). A teacher logit
-    of -inf gives a target of -inf and a loss of +inf (the mathematics is infinite there).
+    Targets x^(m): ``teacher_norm="log_softmax"`` (default) log_softmax(u^(m) / T); ``"center"`` u/T minus the mean
+    of the member's logits other than -inf; ``"none"`` u/T. s_k = exp(rho_k) + ``min_scale`` (rho = ``log_scale``).
+    A teacher logit of -inf gives a target of -inf and a loss of +inf (the mathematics is infinite there), never
+    NaN; the Gaussian's gradients for that class are +inf (loc) and -inf (log_scale).
 """
 
 
@@ -75,6 +76,10 @@ def dirichlet_nll(
     Only l- is needed from the teacher. alpha_0 and the per-position sums are float64, so the loss stays finite
     for z up to 80 at any V. With M = 1 or identical members the loss is unbounded below in the precision
     direction (the model's nature).
+
+    A teacher logit of -inf is a probability of 0: where a member gives class k probability 0 (and no smoothing
+    was applied to the statistics), l-_k = -inf and the likelihood is 0; the loss is then +inf, with a gradient of
+    +inf for that class, never NaN. A student logit of -inf (alpha_k = c) stays finite.
     """
 
 
@@ -107,7 +112,9 @@ def proxy_dirichlet_kl(
 
     with KL[Dir(a) || Dir(b)] = lnGamma(a_0) - sum lnGamma(a_k) - lnGamma(b_0) + sum lnGamma(b_k)
     + sum_k (a_k - b_k)(psi(a_k) - psi(a_0)). The loss is >= 0 and exactly 0 when alpha = beta. The target is a
-    constant: no gradient reaches the teacher.
+    constant: no gradient reaches the teacher. A teacher logit of -inf is a probability of exactly 0 (0 ln 0 = 0):
+    the target stays finite and equal to its limit (where only some members give a class probability 0, RMI and
+    EPKL are +inf and beta^_0 = 0).
 
     ``reference_code_compat=True`` (reverse only) reproduces the objective of the authors' released code,
     L = -sum_k pi^_k (psi(alpha_k) - psi(alpha_0)) - H[Dir(alpha)] / beta_0 with

@@ -356,7 +356,12 @@ def dirichlet_nll(student_logits, teacher, *, model_offset, mask, reduction):
 
     alpha, _ = _concentrations(z, model_offset)
     alpha0 = alpha.sum(-1)
-    loss = _log_beta(alpha, alpha0) - ((alpha - 1.0) * stats.mean_log_probs).sum(-1)
+    # l-_k = -inf (a member gives class k probability 0): the term is -inf whatever alpha_k, so that the loss is
+    # +inf (never NaN from 0 * -inf); autograd sees a finite stand-in there
+    zero_prob = stats.mean_log_probs == -math.inf
+    weighted = (alpha - 1.0) * stats.mean_log_probs.masked_fill(zero_prob, 0.0)
+    weighted = weighted.masked_fill(zero_prob, -math.inf)
+    loss = _log_beta(alpha, alpha0) - weighted.sum(-1)
     return reduce_loss(loss, mask, reduction)
 
 
@@ -395,12 +400,15 @@ def proxy_dirichlet_kl(student_logits, teacher, *, direction, precision, model_o
 
 def _logit_targets(teacher_logits: Tensor, teacher_norm: str, temperature: float) -> Tensor:
     """Normalised teacher logits x^(m) ``[*, M, V]``: the logits divided by T, then
-    ``log_softmax`` (default), centred (each member's mean logit subtracted) or left as they are."""
+    ``log_softmax`` (default), centred (each member's mean logit other than -inf subtracted) or left as they are."""
     scaled = teacher_logits / temperature
     if teacher_norm == "log_softmax":
         return torch.log_softmax(scaled, dim=-1)
     if teacher_norm == "center":
-        return scaled - scaled.mean(-1, keepdim=True)
+        # the mean of the logits other than -inf, so that a -inf logit stays a target of -inf
+        kept = scaled != -math.inf
+        total = torch.where(kept, scaled, torch.zeros((), dtype=scaled.dtype, device=scaled.device)).sum(-1, True)
+        return scaled - total / kept.sum(-1, keepdim=True).clamp_min(1)
     return scaled
 
 
@@ -432,11 +440,14 @@ def logit_gaussian_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperat
         return reduce_loss(logit_top_k.logit_nll("gaussian", mu, rho, x, min_scale), mask, reduction)
     scale, log_s = _scale(rho, min_scale)
 
+    # a target of -inf (a teacher logit of -inf) makes the class's term +inf; autograd sees a finite stand-in
+    infinite = (x == -math.inf).any(-2)  # [*, V]
+    x = x.masked_fill(x == -math.inf, 0.0)
     mean_x = x.mean(-2)  # x-      [*, V]
     spread = (x - mean_x.unsqueeze(-2)).square().mean(-2)  # (1/M) sum_m (x - x-)^2
     sq_dev = spread + (mean_x - mu).square()  # v = (1/M) sum_m (x - mu)^2
-    loss = (log_s + _HALF_LOG_2PI + sq_dev / (2.0 * scale.square())).sum(-1)
-    return reduce_loss(loss, mask, reduction)
+    terms = (log_s + _HALF_LOG_2PI + sq_dev / (2.0 * scale.square())).masked_fill(infinite, math.inf)
+    return reduce_loss(terms.sum(-1), mask, reduction)
 
 
 @S.implements(S.logit_laplace_nll, note=_REFERENCE)

@@ -31,6 +31,11 @@ def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothin
         ``total, data, mutual_information, epkl, rmi`` ``[*]``, float32 (float64 for float64 input); or, with
         ``top_k``, a :class:`TopKEnsembleStats` (``indices`` int64 and the values ``[*, k]``, the tail and the
         measures ``[*]``, ``num_classes = V``).
+
+    A teacher logit of -inf (vocabulary padding, a banned token) is a probability of exactly 0 and entropy terms
+    use 0 ln 0 = 0: the measures are finite and equal their limits. Where some members give a class probability
+    0 and others do not, ``mean_log_probs`` is -inf there and EPKL and RMI are +inf (an infinite KL between those
+    members); TU, DU and MI stay finite.
     """
     check_teacher_logits("teacher_logits", teacher_logits)
     check_stats_options(temperature, smoothing)

@@ -20,8 +20,8 @@ def test_extension_is_loaded():
 
 # torch.ops.edd_ext is the public API and nothing else; the ops that only tests use live in edd_ext_testing.
 PUBLIC_OPS = {"ensemble_stats", "ensemble_uncertainty", "dirichlet_nll", "proxy_dirichlet_kl", "logit_nll",
-              "ensemble_kl", "dirichlet_uncertainty", "logit_distribution_uncertainty", "topk_ensemble_stats",
-              "topk_dirichlet_nll", "topk_proxy_dirichlet_kl", "topk_ensemble_kl"}
+              "ensemble_kl", "scale_grad_", "dirichlet_uncertainty", "logit_distribution_uncertainty",
+              "topk_ensemble_stats", "topk_dirichlet_nll", "topk_proxy_dirichlet_kl", "topk_ensemble_kl"}
 TESTING_OPS = {"special_function", "philox4x32", "philox_noise"}
 
 

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/dirichlet_math.h"
@@ -54,20 +55,20 @@ __device__ void block_mark_listed(const int64_t* __restrict__ listed, int k, int
 template <typename student_t, typename teacher_t, typename acc_t, typename ClassFn>
 __device__ double class_pass(const int64_t* __restrict__ listed, const teacher_t* __restrict__ values, int k,
                              int64_t vocab, const uint32_t* __restrict__ bitmap, acc_t tail_value, student_t* g,
-                             ClassFn&& class_fn) {
+                             acc_t grad_scale, ClassFn&& class_fn) {
   double sum = 0;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
     if ((bitmap[j >> 5] >> (j & 31)) & 1u) continue;
     const auto t = class_fn(j, tail_value);
     sum += double(t.loss);
-    if (g != nullptr) g[j] = student_t(t.grad);
+    if (g != nullptr) g[j] = student_t(t.grad * grad_scale);
   }
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
     const int64_t c = listed[i];
     if (!valid_class(c, vocab)) continue;
     const auto t = class_fn(c, acc_t(values[i]));
     sum += double(t.loss);
-    if (g != nullptr) g[c] = student_t(t.grad);
+    if (g != nullptr) g[c] = student_t(t.grad * grad_scale);
   }
   return sum;
 }
@@ -93,25 +94,30 @@ __device__ void for_each_listed_position(const TopKArgs<S, T, A>& a, uint32_t* b
 }
 
 template <typename S, typename T, typename A>
-__global__ void topk_dirichlet_nll_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, double model_offset, A log_c) {
+EDD_EXT_BLOCK_KERNEL(A)
+topk_dirichlet_nll_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, cuda::GradScale grad_scale, double model_offset,
+                          A log_c) {
   __shared__ cuda::LossScratch<A> scratch;
-  const A c = A(model_offset), c_minus_one = A(model_offset - 1);
+  const A c = A(model_offset), c_minus_one = A(model_offset - 1), scale = A(grad_scale.get());
   for_each_listed_position(a, bitmaps, [&](int64_t n, const S* z, const T* values, S* g, const uint32_t* bitmap) {
     const double alpha0 = cuda::block_student_precision<S, A>(z, a.vocab, model_offset, scratch);
     const A digamma_alpha0 = A(math::digamma(alpha0));
-    double sum[1] = {class_pass(
-        a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, A(a.tail[n]), g, [&](int64_t j, A mean_log_prob) {
-          return math::dirichlet_nll_class(A(z[j]), c, log_c, c_minus_one, mean_log_prob, digamma_alpha0);
-        })};
+    double sum[1] = {class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, A(a.tail[n]), g, scale,
+                                [&](int64_t j, A mean_log_prob) {
+                                  return math::dirichlet_nll_class(A(z[j]), c, log_c, c_minus_one, mean_log_prob,
+                                                                   digamma_alpha0);
+                                })};
     cuda::block_sum(sum, scratch.sums);
     return sum[0] - math::lgamma(alpha0);
   });
 }
 
 template <typename S, typename T, typename A>
-__global__ void topk_proxy_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, ProxyOptions o) {
+EDD_EXT_BLOCK_KERNEL(A)
+topk_proxy_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, cuda::GradScale grad_scale, ProxyOptions o) {
   __shared__ cuda::LossScratch<A> scratch;
   const A c = A(o.model_offset), log_c = A(o.log_model_offset), t_off = A(o.target_offset);
+  const A scale = A(grad_scale.get());
   for_each_listed_position(a, bitmaps, [&](int64_t n, const S* z, const T* values, S* g, const uint32_t* bitmap) {
     const double tail_prob = math::tail_class_mean_prob(a.tail[n], a.vocab, a.k);
     double mass[1] = {0};
@@ -125,7 +131,7 @@ __global__ void topk_proxy_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, Pro
     const A class_precision = A(o.mode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
     const A dig_a0 = A(s.digamma_alpha0), dig_b0 = A(s.digamma_beta0);
     const A grad_shift = A(s.grad_shift), inv_beta0 = A(s.inv_beta0);
-    double sum[1] = {class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, A(tail_prob), g,
+    double sum[1] = {class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, A(tail_prob), g, scale,
                                 [&](int64_t j, A mean_prob) {
                                   return math::proxy_kl_class(o.mode, A(z[j]), c, log_c, mean_prob, class_precision,
                                                               t_off, dig_a0, dig_b0, grad_shift, inv_beta0);
@@ -136,16 +142,18 @@ __global__ void topk_proxy_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, Pro
 }
 
 template <typename S, typename T, typename A>
-__global__ void topk_ensemble_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps) {
+EDD_EXT_BLOCK_KERNEL(A)
+topk_ensemble_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps, cuda::GradScale grad_scale) {
   __shared__ cuda::LossScratch<A> scratch;
+  const A scale = A(grad_scale.get());
   for_each_listed_position(a, bitmaps, [&](int64_t n, const S* z, const T* values, S* g, const uint32_t* bitmap) {
-    math::OnlineLogSumExp<A> acc;
+    cuda::RowLogSumExp<A> acc;
     for (int64_t j = threadIdx.x; j < a.vocab; j += blockDim.x) acc.push(A(z[j]));
-    const math::OnlineLogSumExp<A> lse = cuda::block_logsumexp(acc, scratch.lse);
-    const A z_max = lse.max, z_log_sum = math::log_(lse.sum);
+    const cuda::RowLogSumExp<A> lse = cuda::block_logsumexp(acc, scratch.lse);
+    const A z_max = lse.max, z_log_sum = A(::log(lse.sum));
     const A tail_prob = A(math::tail_class_mean_prob(a.tail[n], a.vocab, a.k));
-    double sum[1] = {
-        class_pass(a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, tail_prob, g, [&](int64_t j, A mean_prob) {
+    double sum[1] = {class_pass(
+        a.indices + n * a.k, values, int(a.k), a.vocab, bitmap, tail_prob, g, scale, [&](int64_t j, A mean_prob) {
           return math::ensemble_kl_class(A(z[j]), z_max, z_log_sum, mean_prob, math::log_(mean_prob));
         })};
     cuda::block_sum(sum, scratch.sums);
@@ -153,26 +161,46 @@ __global__ void topk_ensemble_kl_kernel(TopKArgs<S, T, A> a, uint32_t* bitmaps) 
   });
 }
 
-// Launches launch(blocks, threads, stream, args, bitmaps) over the problem's dtypes with one bitmap of V bits per
-// block, then scales the gradient.
+// The launch of a top-k loss kernel: the resident grid, and one bitmap of V bits per block.
+struct TopKLaunch {
+  int64_t blocks = 1;
+  int threads = 128;
+  at::Tensor bitmaps;  // [blocks, bitmap_words(V)]
+
+  uint32_t* bits() const { return reinterpret_cast<uint32_t*>(bitmaps.mutable_data_ptr<int32_t>()); }
+};
+
+template <typename Kernel>
+TopKLaunch topk_launch(Kernel kernel, const LossProblem& p) {
+  TopKLaunch l;
+  l.threads = cuda::threads_for(p.vocab);
+  l.blocks = cuda::resident_grid(kernel, l.threads, 0, p.positions);
+  l.bitmaps = at::empty({l.blocks * bitmap_words(p.vocab)}, p.student.options().dtype(at::kInt));
+  return l;
+}
+
+// Calls launch(args, gradient factor, stream) for the problem's dtypes; the factor (the mean's 1 / count) is
+// folded into every gradient element the kernels write, as on the CPU.
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> run(LossProblem& p, const TopKTarget& t, Launch&& launch) {
   if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
-  const int64_t blocks = cuda::loss_blocks(p.positions, p.student.get_device());
-  const int threads = cuda::threads_for(p.vocab);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor bitmaps = at::empty({blocks * bitmap_words(p.vocab)}, p.student.options().dtype(at::kInt));
-  uint32_t* bits = reinterpret_cast<uint32_t*>(bitmaps.mutable_data_ptr<int32_t>());
+  at::Tensor scale_holder;
+  const cuda::GradScale grad_scale = cuda::grad_scale_for(p, scale_holder);
   dispatch_student_teacher(p.student.scalar_type(), t.values.scalar_type(), [&](auto s, auto tt) {
     using student_t = typename decltype(s)::type;
     using teacher_t = typename decltype(tt)::type;
-    launch(blocks, threads, stream, topk_args<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p, t), bits);
+    launch(topk_args<student_t, teacher_t, loss_acc_t<student_t, teacher_t>>(p, t), grad_scale, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  scale_grad_on_device(p);
   return {reduced_loss(p), p.grad};
 }
+
+// The instance of kernel template `name` for the TopKArgs<S, T, A> of `args`.
+#define EDD_TOPK_KERNEL(name, args)                                                                              \
+  name<typename std::decay_t<decltype(args)>::student_type, typename std::decay_t<decltype(args)>::teacher_type, \
+       typename std::decay_t<decltype(args)>::acc_type>
 
 std::tuple<at::Tensor, at::Tensor> topk_dirichlet_nll_cuda(const at::Tensor& student_logits, const at::Tensor& indices,
                                                            const at::Tensor& mean_log_probs,
@@ -183,9 +211,11 @@ std::tuple<at::Tensor, at::Tensor> topk_dirichlet_nll_cuda(const at::Tensor& stu
   TopKTarget t;
   LossProblem p = topk_dirichlet_nll_problem(student_logits, indices, mean_log_probs, tail_mean_log_prob, mask,
                                              model_offset, reduction, compute_grad, t);
-  return run(p, t, [&](int64_t blocks, int threads, cudaStream_t stream, const auto& a, uint32_t* bits) {
+  return run(p, t, [&](const auto& a, cuda::GradScale grad_scale, cudaStream_t stream) {
     using A = typename std::decay_t<decltype(a)>::acc_type;
-    topk_dirichlet_nll_kernel<<<blocks, threads, 0, stream>>>(a, bits, model_offset, A(log_or_neg_inf(model_offset)));
+    const auto kernel = EDD_TOPK_KERNEL(topk_dirichlet_nll_kernel, a);
+    const TopKLaunch l = topk_launch(kernel, p);
+    kernel<<<l.blocks, l.threads, 0, stream>>>(a, l.bits(), grad_scale, model_offset, A(log_or_neg_inf(model_offset)));
   });
 }
 
@@ -200,8 +230,10 @@ std::tuple<at::Tensor, at::Tensor> topk_proxy_dirichlet_kl_cuda(
   TopKTarget t;
   LossProblem p = topk_proxy_problem(student_logits, indices, mean_probs, tail_mass, teacher_measure, mask, reduction,
                                      compute_grad, t);
-  return run(p, t, [&](int64_t blocks, int threads, cudaStream_t stream, const auto& a, uint32_t* bits) {
-    topk_proxy_kl_kernel<<<blocks, threads, 0, stream>>>(a, bits, o);
+  return run(p, t, [&](const auto& a, cuda::GradScale grad_scale, cudaStream_t stream) {
+    const auto kernel = EDD_TOPK_KERNEL(topk_proxy_kl_kernel, a);
+    const TopKLaunch l = topk_launch(kernel, p);
+    kernel<<<l.blocks, l.threads, 0, stream>>>(a, l.bits(), grad_scale, o);
   });
 }
 
@@ -213,8 +245,10 @@ std::tuple<at::Tensor, at::Tensor> topk_ensemble_kl_cuda(const at::Tensor& stude
   TopKTarget t;
   LossProblem p =
       topk_ensemble_kl_problem(student_logits, indices, mean_probs, tail_mass, mask, reduction, compute_grad, t);
-  return run(p, t, [&](int64_t blocks, int threads, cudaStream_t stream, const auto& a, uint32_t* bits) {
-    topk_ensemble_kl_kernel<<<blocks, threads, 0, stream>>>(a, bits);
+  return run(p, t, [&](const auto& a, cuda::GradScale grad_scale, cudaStream_t stream) {
+    const auto kernel = EDD_TOPK_KERNEL(topk_ensemble_kl_kernel, a);
+    const TopKLaunch l = topk_launch(kernel, p);
+    kernel<<<l.blocks, l.threads, 0, stream>>>(a, l.bits(), grad_scale);
   });
 }
 

@@ -46,18 +46,26 @@ struct StatsOptions {
   bool smooth;
 };
 
+// Dynamic shared memory: the sort's keys and classes ([sort_width] each), then the members' normalisers (2 M
+// values) unless they live in the global workspace (large M: launch.cuh, place_scratch).
+template <typename acc_t>
+__host__ __device__ size_t sort_bytes(int sort_width) {
+  return size_t(sort_width) * (sizeof(typename cuda::SelectionKey<acc_t>::type) + sizeof(int32_t));
+}
+
 template <typename scalar_t, typename acc_t>
-__global__ void topk_stats_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t members,
-                                  int64_t vocab, int k, int sort_width, StatsOptions o, acc_t* __restrict__ rows,
-                                  int64_t* __restrict__ indices, acc_t* __restrict__ listed_probs,
-                                  acc_t* __restrict__ listed_log_probs, acc_t* __restrict__ tail_mass,
-                                  acc_t* __restrict__ tail_mean_log_prob, acc_t* __restrict__ measures) {
+EDD_EXT_BLOCK_KERNEL(acc_t)
+topk_stats_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t members, int64_t vocab, int k,
+                  int sort_width, StatsOptions o, acc_t* __restrict__ member_workspace, int64_t member_row,
+                  acc_t* __restrict__ rows, int64_t* __restrict__ indices, acc_t* __restrict__ listed_probs,
+                  acc_t* __restrict__ listed_log_probs, acc_t* __restrict__ tail_mass,
+                  acc_t* __restrict__ tail_mean_log_prob, acc_t* __restrict__ measures) {
   using K = typename cuda::SelectionKey<acc_t>::type;
   extern __shared__ __align__(16) unsigned char shared_raw[];
-  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);               // [members]
-  acc_t* log_sum = shift + members;                                  // [members]
-  K* keys = reinterpret_cast<K*>(log_sum + members);                 // [sort_width] (sizeof(K) == sizeof(acc_t))
+  K* keys = reinterpret_cast<K*>(shared_raw);                        // [sort_width]
   int32_t* classes = reinterpret_cast<int32_t*>(keys + sort_width);  // [sort_width]
+  acc_t* shift = cuda::block_scratch(member_workspace, member_row, shared_raw + sort_bytes<acc_t>(sort_width));
+  acc_t* log_sum = shift + members;  // [members] each
   __shared__ cuda::LossScratch<acc_t> scratch;
   __shared__ cuda::SelectScratch select;
   constexpr int kSums = math::kNumMeasures + math::ClassSums::kSize;
@@ -127,16 +135,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::cuda::CUDAGuard guard(d.logits.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const int threads = cuda::threads_for(d.vocab);
-    const int64_t blocks = cuda::loss_blocks(d.positions, d.logits.get_device());
     const int width = sort_size(k);
     const StatsOptions o{d.inv_temperature, d.inv_members, d.log_members, d.log1m_eps, d.log_eps_over_v, d.smooth};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.logits.scalar_type(), "edd_ext::topk_stats_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const size_t shared =
-          cuda::member_shared_bytes(d.members, sizeof(acc_t)) + size_t(width) * (sizeof(acc_t) + sizeof(int32_t));
+      const auto kernel = topk_stats_kernel<scalar_t, acc_t>;
+      // the sort arrays always in shared memory; the members' normalisers beside them when all fit, else global
+      const size_t sort = sort_bytes<acc_t>(width);
+      const int64_t sort_values = int64_t((sort + sizeof(acc_t) - 1) / sizeof(acc_t));
+      const bool fits = cuda::place_scratch(kernel, 2 * d.members + sort_values, sizeof(acc_t)).shared_bytes > 0;
+      const int64_t member_row = fits ? 0 : 2 * d.members;
+      const size_t shared = sort + (fits ? size_t(2 * d.members) * sizeof(acc_t) : 0);
+      const int64_t blocks = cuda::resident_grid(kernel, threads, shared, d.positions);
+      at::Tensor workspace;
+      if (member_row > 0) workspace = at::empty({blocks * member_row}, d.measures.options());
       at::Tensor rows = at::empty({blocks * 2 * d.vocab}, d.measures.options());
-      topk_stats_kernel<scalar_t, acc_t><<<blocks, threads, shared, stream>>>(
+      kernel<<<blocks, threads, shared, stream>>>(
           d.logits.const_data_ptr<scalar_t>(), d.positions, d.members, d.vocab, int(k), width, o,
+          workspace.defined() ? workspace.mutable_data_ptr<acc_t>() : nullptr, member_row,
           rows.mutable_data_ptr<acc_t>(), p.indices.mutable_data_ptr<int64_t>(),
           p.listed_probs.mutable_data_ptr<acc_t>(), p.listed_log_probs.mutable_data_ptr<acc_t>(),
           p.tail_mass.mutable_data_ptr<acc_t>(), p.tail_mean_log_prob.mutable_data_ptr<acc_t>(),

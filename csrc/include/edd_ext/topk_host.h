@@ -134,6 +134,8 @@ inline LossProblem topk_ensemble_kl_problem(const at::Tensor& student_logits, co
 // n * k and n).
 template <typename student_t, typename teacher_t, typename acc_t>
 struct TopKArgs {
+  using student_type = student_t;
+  using teacher_type = teacher_t;
   using acc_type = acc_t;
   const student_t* student;  // [N, V]
   const int64_t* indices;    // [N, k]

@@ -90,8 +90,13 @@ void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, flo
   }
 }
 
+// A log-probability of -inf raised to the lowest finite float (one max instruction; NaN and finite values pass
+// unchanged), so that p l is 0 x finite = 0 for it (0 ln 0 = 0) and bitwise unchanged otherwise.
+EDD_CPU_INLINE VecF finite_log_prob(const VecF& l) { return fast_max(VecF(std::numeric_limits<float>::lowest()), l); }
+
 // The ensemble at kLanes classes [k, k + kLanes): mean probability p, mean log-probability E[l], E[p l]
-// and ln p (from the summed probabilities; from the largest member's l where they underflow).
+// and ln p (from the summed probabilities; from the largest member's l where they underflow). A member's
+// log-probability of -inf (probability 0) adds 0 to E[p l] (ensemble_math.h).
 struct TeacherBlock {
   VecF mean_prob, mean_log_prob, mean_p_log_p, log_mean_prob;
 };
@@ -107,7 +112,7 @@ EDD_CPU_INLINE TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_
     const VecF p = exp_fast(l);
     sp = sp + p;
     sl = sl + l;
-    spl = at::vec::fmadd(p, l, spl);
+    spl = at::vec::fmadd(p, finite_log_prob(l), spl);
     ml = at::vec::maximum(ml, l);
   }
   const VecF inv_m(o.inv_members), log_m(o.log_members);
@@ -132,7 +137,7 @@ EDD_CPU_INLINE TeacherBlock teacher_block_weighted(const scalar_t* row, const fl
     const VecF p = VecF::loadu(weights + m * vocab + k) * VecF(inv_sum[m]);
     sp = sp + p;
     sl = sl + l;
-    spl = at::vec::fmadd(p, l, spl);
+    spl = at::vec::fmadd(p, finite_log_prob(l), spl);
     ml = at::vec::maximum(ml, l);
   }
   const VecF inv_m(o.inv_members), log_m(o.log_members);
@@ -165,12 +170,12 @@ void teacher_class_pass(const scalar_t* row, int64_t members, int64_t vocab, con
   ChunkedSum sums[math::kNumMeasures];
   for (int64_t k = 0; k < body; k += kLanes) {
     const TeacherBlock b = teacher_block(row, k, members, vocab, shift, log_sum, o);
-    const VecF p_log_p = b.mean_prob * b.log_mean_prob;
+    const VecF p_log_p = xmul(b.mean_prob, b.log_mean_prob);
     sums[0].push(VecF(0.f) - p_log_p);
     sums[1].push(VecF(0.f) - b.mean_p_log_p);
     sums[2].push(clamp_rounding(b.mean_p_log_p - p_log_p));
-    sums[3].push(clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
-    sums[4].push(clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob)));
+    sums[3].push(clamp_rounding(b.mean_p_log_p - xmul(b.mean_prob, b.mean_log_prob)));
+    sums[4].push(clamp_rounding(xmul(b.mean_prob, b.log_mean_prob - b.mean_log_prob)));
     on_block(k, b);
   }
   for (int i = 0; i < math::kNumMeasures; ++i) measures[i] = sums[i].result();
