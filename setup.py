@@ -164,7 +164,7 @@ setup(
     description="Fused ensemble-distribution-distillation losses and uncertainty measures for PyTorch",
     packages=find_packages(include=["edd_ext", "edd_ext.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.6", "numpy", "tqdm", "sacrebleu>=2"],
+    install_requires=["torch>=2.6", "numpy", "tqdm", "sacrebleu>=2", "safetensors"],
     extras_require={
         "test": ["pytest", "hypothesis", "scipy", "scikit-learn", "matplotlib", "expecttest"],
         "plot": ["matplotlib"],

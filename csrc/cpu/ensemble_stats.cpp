@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "edd_ext/cpu/kernels.h"
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/cpu/parallel.h"
 #include "edd_ext/cpu/teacher_class.h"
 #include "edd_ext/ensemble_stats_host.h"
@@ -27,24 +28,16 @@ void ensemble_rows_double(const EnsembleStatsProblem& p, const double* logits, d
     std::vector<double> shift(members), log_sum(members);
     for (int64_t n = begin; n < end; ++n) {
       const double* row = logits + n * members * vocab;
-      for (int64_t m = 0; m < members; ++m) {
-        math::OnlineLogSumExp<double> acc;
-        for (int64_t k = 0; k < vocab; ++k) acc.push(row[m * vocab + k] * p.inv_temperature);
-        shift[m] = acc.max;
-        log_sum[m] = std::log(acc.sum);
-      }
-      double totals[math::kNumMeasures] = {0, 0, 0, 0, 0};
-      for (int64_t k = 0; k < vocab; ++k) {
-        const auto t = cpu::teacher_class<double, double>(row, k, members, vocab, shift.data(), log_sum.data(),
-                                                          p.inv_temperature, p.smooth, p.log1m_eps,
-                                                          p.log_eps_over_v, p.inv_members, p.log_members);
-        for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += t.measure[i];
-        if (mean_probs != nullptr) {
-          mean_probs[n * vocab + k] = t.mean_prob;
-          mean_log_probs[n * vocab + k] = t.mean_log_prob;
-        }
-      }
-      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = totals[i];
+      cpu::scalar_target_normalizers(row, members, vocab, p.inv_temperature, math::TeacherNorm::kLogSoftmax,
+                                     shift.data(), log_sum.data());
+      cpu::teacher_class_pass_scalar(row, members, vocab, shift.data(), log_sum.data(), p.inv_temperature, p.smooth,
+                                     p.log1m_eps, p.log_eps_over_v, p.inv_members, p.log_members,
+                                     measures + n * math::kNumMeasures,
+                                     [&](int64_t k, const math::ClassTerms<double>& t) {
+                                       if (mean_probs == nullptr) return;
+                                       mean_probs[n * vocab + k] = t.mean_prob;
+                                       mean_log_probs[n * vocab + k] = t.mean_log_prob;
+                                     });
     }
   });
 }

@@ -155,8 +155,8 @@ ProxyTeacher proxy_teacher_row(const LossView& p, const ProxyOptions& o, int64_t
     const TeacherBlock b =
         teacher_block_weighted(row, ws.weights.data(), ws.inv_sum.data(), k, members, vocab, shift, log_sum, to);
     b.mean_prob.store(mean_probs + k);
-    measure_sum.push(o.mkl ? clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob))
-                           : clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
+    measure_sum.push(o.mkl ? clamp_rounding(xmul(b.mean_prob, b.log_mean_prob - b.mean_log_prob))
+                           : clamp_rounding(b.mean_p_log_p - xmul(b.mean_prob, b.mean_log_prob)));
     mass_sum.push(b.mean_prob);
   }
   t.measure = measure_sum.result();

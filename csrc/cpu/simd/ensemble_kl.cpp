@@ -17,14 +17,6 @@ namespace cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// ensemble_kl_class's loss for kLanes classes; its gradient q - pi^ takes q = softmax(z) from the exp(z - max)
-// the student's normaliser pass keeps (no second exponential).
-EDD_CPU_INLINE VecF ensemble_kl_loss(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
-                                     const VecF& log_mean_prob) {
-  const VecF log_q = (z - z_max) - z_log_sum;
-  return VecF::blendv(mean_prob * (log_mean_prob - log_q), VecF(0.f), mean_prob == VecF(0.f));
-}
-
 struct Scratch {
   std::vector<float> shift, log_sum, inv_sum, weights;
   std::vector<float> student_weights;  // exp(z - max z) [V], with a gradient
@@ -61,7 +53,7 @@ double ensemble_kl_position(const LossView& p, int64_t n, const float* z, float*
       mean_prob = load_float(row + k);
       log_mean_prob = log_fast(mean_prob);
     }
-    sum.push(ensemble_kl_loss(VecF::loadu(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob));
+    sum.push(ensemble_kl_loss_block(VecF::loadu(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob));
     if (g != nullptr) ((VecF::loadu(q + k) * vz_inv_sum - mean_prob) * vgrad_scale).store(g + k);
   }
   double total = sum.result();

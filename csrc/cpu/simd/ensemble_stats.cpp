@@ -17,56 +17,33 @@ namespace {
 template <typename scalar_t>
 void ensemble_rows(const EnsembleStatsView& p, int64_t begin, int64_t end) {
   const scalar_t* logits = static_cast<const scalar_t*>(p.logits);
-  float* mean_probs = p.mean_probs;
-  float* mean_log_probs = p.mean_log_probs;
-  float* measures = p.measures;
-  const int64_t members = p.members, vocab = p.vocab, body = vocab - vocab % kLanes;
-  TeacherOptions o;
-  o.inv_temperature = float(p.inv_temperature);
-  o.inv_members = float(p.inv_members);
-  o.log_members = float(p.log_members);
-  o.smooth = p.smooth;
-  o.log1m_eps = float(p.log1m_eps);
-  o.log_eps_over_v = float(p.log_eps_over_v);
+  const int64_t members = p.members, vocab = p.vocab;
+  const TeacherOptions o = teacher_options(p);
 
   // Without smoothing, the members' probabilities come from the exponentials the normaliser pass keeps ([M, V]
   // scratch, teacher_block_weighted): half the exponentials of teacher_block.
   std::vector<float> shift(members), log_sum(members), inv_sum(members);
   std::vector<float> weights(o.smooth ? 0 : members * vocab);
+  float* kept = o.smooth ? nullptr : weights.data();
+  double totals[math::kNumMeasures];
   for (int64_t n = begin; n < end; ++n) {
     const scalar_t* row = logits + n * members * vocab;
-    member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data(),
-                       o.smooth ? nullptr : weights.data(), inv_sum.data());
-    ChunkedSum sums[math::kNumMeasures];
-    for (int64_t k = 0; k < body; k += kLanes) {
-      const TeacherBlock b =
-          o.smooth ? teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o)
-                   : teacher_block_weighted(row, weights.data(), inv_sum.data(), k, members, vocab, shift.data(),
-                                            log_sum.data(), o);
-      const VecF p_log_p = b.mean_prob * b.log_mean_prob;
-      sums[0].push(VecF(0.f) - p_log_p);
-      sums[1].push(VecF(0.f) - b.mean_p_log_p);
-      sums[2].push(clamp_rounding(b.mean_p_log_p - p_log_p));
-      sums[3].push(clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
-      sums[4].push(clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob)));
-      if (mean_probs != nullptr) {
-        b.mean_prob.store(mean_probs + n * vocab + k);
-        b.mean_log_prob.store(mean_log_probs + n * vocab + k);
-      }
-    }
-    double totals[math::kNumMeasures];
-    for (int i = 0; i < math::kNumMeasures; ++i) totals[i] = sums[i].result();
-    for (int64_t k = body; k < vocab; ++k) {
-      const auto t = teacher_class<scalar_t, float>(row, k, members, vocab, shift.data(), log_sum.data(),
-                                                         o.inv_temperature, o.smooth, o.log1m_eps,
-                                                         o.log_eps_over_v, o.inv_members, o.log_members);
-      for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += double(t.measure[i]);
-      if (mean_probs != nullptr) {
-        mean_probs[n * vocab + k] = t.mean_prob;
-        mean_log_probs[n * vocab + k] = t.mean_log_prob;
-      }
-    }
-    for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = float(totals[i]);
+    member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data(), kept, inv_sum.data());
+    float* probs_row = p.mean_probs != nullptr ? p.mean_probs + n * vocab : nullptr;
+    float* log_probs_row = p.mean_log_probs != nullptr ? p.mean_log_probs + n * vocab : nullptr;
+    teacher_class_pass(
+        row, members, vocab, shift.data(), log_sum.data(), kept, inv_sum.data(), o, totals,
+        [&](int64_t k, const TeacherBlock& b) {
+          if (probs_row == nullptr) return;
+          b.mean_prob.store(probs_row + k);
+          b.mean_log_prob.store(log_probs_row + k);
+        },
+        [&](int64_t k, const math::ClassTerms<float>& t) {
+          if (probs_row == nullptr) return;
+          probs_row[k] = t.mean_prob;
+          log_probs_row[k] = t.mean_log_prob;
+        });
+    for (int i = 0; i < math::kNumMeasures; ++i) p.measures[n * math::kNumMeasures + i] = float(totals[i]);
   }
 }
 

@@ -39,15 +39,12 @@ inline void draw_group(const philox::Stream& stream, uint32_t group, const acc_t
                                acc_t* __restrict y2, acc_t* __restrict y3, int64_t vocab) {
   for (int64_t k = 0; k < vocab; ++k) {
     const math::Noise4 e = math::noise4<kFamily>(stream.bits(uint32_t(k), group));
-    y0[k] = a[k] + b[k] * acc_t(e.e0);
-    y1[k] = a[k] + b[k] * acc_t(e.e1);
-    y2[k] = a[k] + b[k] * acc_t(e.e2);
-    y3[k] = a[k] + b[k] * acc_t(e.e3);
+    y0[k] = math::sample_rn(a[k], b[k], e.e0);
+    y1[k] = math::sample_rn(a[k], b[k], e.e1);
+    y2[k] = math::sample_rn(a[k], b[k], e.e2);
+    y3[k] = math::sample_rn(a[k], b[k], e.e3);
   }
 }
-
-inline float exp_shifted(float x) { return math::exp_flush(x); }
-inline double exp_shifted(double x) { return math::exp_(x); }
 
 // The largest element of a row. Floats through integer keys that order like them (the sign-magnitude bit
 // pattern folded into two's complement), because an integer max reduction vectorises and a float one, with
@@ -75,7 +72,7 @@ template <typename acc_t>
 inline void softmax_row(const acc_t* __restrict y, acc_t* __restrict e, int64_t vocab, acc_t& lse,
                                      acc_t& inv_sum) {
   const acc_t mx = row_max(y, vocab);
-  for (int64_t k = 0; k < vocab; ++k) e[k] = exp_shifted(y[k] - mx);
+  for (int64_t k = 0; k < vocab; ++k) e[k] = math::exp_sample(y[k] - mx);
   constexpr int kLanes = 8;
   acc_t s[kLanes] = {};
   int64_t k = 0;
@@ -136,7 +133,7 @@ inline void accumulate(int rows, acc_t* const (&y)[4], acc_t* const (&e)[4], con
 // In place: rho -> s / T = (exp(rho) + min_scale) / T.
 template <typename acc_t>
 inline void scales(acc_t* __restrict b, int64_t vocab, acc_t min_scale, acc_t inv_t) {
-  for (int64_t k = 0; k < vocab; ++k) b[k] = (exp_shifted(b[k]) + min_scale) * inv_t;
+  for (int64_t k = 0; k < vocab; ++k) b[k] = math::sample_scale(b[k], min_scale, inv_t);
 }
 
 template <typename acc_t>
@@ -166,7 +163,7 @@ void logit_position(const LogitSamplingView& p, int64_t n, const scalar_t* loc, 
   const scalar_t* mu = loc + n * vocab;
   const scalar_t* rho = log_scale + n * vocab;
   for (int64_t k = 0; k < vocab; ++k) {
-    w.a[k] = acc_t(mu[k]) * inv_t;
+    w.a[k] = math::sample_location(acc_t(mu[k]), inv_t);
     w.b[k] = acc_t(rho[k]);
     w.sum_p[k] = w.sum_l[k] = w.sum_pl[k] = acc_t(0);
   }
