@@ -14,6 +14,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+# The references share one wrapper function (edd_ext/_signatures.py, implements), so dynamo's per-function cache
+# of compiled graphs (8 by default) fills after a few losses x dtypes x grad modes, and every later torch.compile
+# peer silently runs eager: room for all of them.
+torch._dynamo.config.recompile_limit = 256
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Where --write appends RESULTS.md and results.csv: this folder, or EDD_BENCH_RESULTS_DIR (make gpu-check).
 RESULTS_DIR = os.environ.get("EDD_BENCH_RESULTS_DIR", HERE)
