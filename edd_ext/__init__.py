@@ -4,9 +4,16 @@ See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyT
 """
 from . import amalgamation, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
+from .linear import (
+    linear_dirichlet_nll,
+    linear_ensemble_kl,
+    linear_logit_gaussian_nll,
+    linear_logit_laplace_nll,
+    linear_proxy_dirichlet_kl,
+)
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
-from .types import DirichletUncertainty, EnsembleStats, Uncertainty
+from .types import DirichletUncertainty, EnsembleStats, LinearTeachers, Uncertainty
 
 __version__ = "0.1.0"
 
@@ -17,6 +24,12 @@ __all__ = [
     "logit_gaussian_nll",
     "logit_laplace_nll",
     "ensemble_kl",
+    "linear_dirichlet_nll",
+    "linear_proxy_dirichlet_kl",
+    "linear_ensemble_kl",
+    "linear_logit_gaussian_nll",
+    "linear_logit_laplace_nll",
+    "LinearTeachers",
     "nn",
     "uncertainty",
     "metrics",

@@ -1,0 +1,387 @@
+"""The op behind the fused linear losses (SPEC section 2.5): ``torch.ops.edd_ext.linear_loss``, with its fake
+kernel and autograd beside it, and the call wrapper the public ``edd_ext.linear_*`` functions use.
+
+One call runs over the positions in chunks. For each chunk of C positions it forms the student's logits
+``input_chunk @ W.T + b`` ``[C, V]`` (two of them, loc and log-scale, for the logit-space losses) and the teachers'
+``[C, M, V]`` logits (sliced from the given logits, or formed from ``LinearTeachers`` hidden states and output
+layers), runs the loss's compiled kernel on the chunk with ``compute_grad=True`` (loss and dLoss/dlogits in one
+fused pass), and at once turns that ``[C, V]`` gradient G into the chunk's share of the parameter gradients:
+
+    grad_input[chunk] = G @ W            grad_W += G.T @ input_chunk            grad_b += G.sum(0)
+
+so the backward keeps nothing of size ``[N, V]``: the op returns the loss together with ``grad_input [N, D]``,
+``grad_W [V, D]`` and ``grad_b [V]`` (the gradients of a loss whose incoming gradient is 1), and the registered
+backward only multiplies them by the incoming scalar. ``grad_W`` and ``grad_b`` are accumulated over the chunks
+in float32 for float16 / bfloat16 parameters. ``"mean"`` divides by the unmasked positions of the whole call, a
+device tensor (no host synchronisation).
+
+``reduction="none"`` cannot be finished in the forward (the incoming gradient differs per position): its forward
+computes the per-position losses only, and its backward runs the op again with ``grad_loss`` (the incoming
+``[N]`` gradient), recomputing every chunk and weighting each position's gradient rows by it: two passes.
+
+Masked positions (``mask`` False) never reach the output layer on CPU: each chunk is C unmasked positions,
+gathered by index (finding them is a host operation there, so it costs no device synchronisation). On other
+devices the chunks are consecutive positions, whose masked rows are zeroed before the matmul and skipped by the
+kernel (loss and gradient exactly 0 whatever they hold): finding the unmasked ones would synchronise.
+
+Where the compiled kernels do not serve the device (no build, or a device without kernels), the per-chunk loss is
+``edd_ext.reference``'s, differentiated with ``torch.func.vjp`` (the op runs below autograd, so
+``torch.autograd.grad`` does not see its tensors); the chunking and memory are the same.
+
+The gradients are first order: the saved gradients are constants of the backward graph.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from . import losses as _losses
+from . import reference
+from .types import EnsembleStats
+
+__all__ = ["linear_loss", "auto_chunk_size", "LOSSES", "OPTIONS"]
+
+NONE, SUM, MEAN = 0, 1, 2
+REDUCTION_CODES = {"none": NONE, "sum": SUM, "mean": MEAN}
+
+#: The losses' keywords and their defaults (the op takes them all; each loss reads its own, listed in LOSSES).
+OPTIONS = {
+    "model_offset": 1.0,
+    "direction": "reverse",
+    "precision": "mkl",
+    "target_offset": 1.0,
+    "eps": 1.1920929e-7,
+    "max_precision": None,
+    "reference_code_compat": False,
+    "teacher_norm": "log_softmax",
+    "temperature": 1.0,
+    "min_scale": 0.0,
+}
+_LOGIT_OPTIONS = ("teacher_norm", "temperature", "min_scale")
+
+#: loss -> the keywords of OPTIONS it takes.
+LOSSES = {
+    "dirichlet_nll": ("model_offset",),
+    "proxy_dirichlet_kl": ("direction", "precision", "model_offset", "target_offset", "eps", "max_precision",
+                           "reference_code_compat"),
+    "ensemble_kl": (),
+    "logit_gaussian_nll": _LOGIT_OPTIONS,
+    "logit_laplace_nll": _LOGIT_OPTIONS,
+}
+
+#: Memory the automatic chunk size gives one chunk's logit-sized tensors (student logits and their gradients,
+#: teacher logits), counted in float32.
+CHUNK_BYTES = 64 * 2**20
+
+
+def auto_chunk_size(vocab: int, members: int, width: int, heads: int = 1) -> int:
+    """Positions per chunk so that a chunk's ``[C, V]`` student logits and gradients (``heads`` of each), its
+    ``[C, M, V]`` teacher logits and its hidden states (``(M + 1) x D``) take about ``CHUNK_BYTES``."""
+    per_position = 4 * ((members + 2 * heads) * vocab + (members + 1) * width)
+    return max(1, CHUNK_BYTES // per_position)
+
+
+# ---- the chunk loop ----
+
+
+def _chunks(n: int, chunk_size: int, mask: Optional[Tensor]):
+    """Yield ``(rows, chunk_mask)``: ``rows`` an index tensor of up to ``chunk_size`` unmasked positions (CPU
+    with a mask; ``chunk_mask`` None) or a slice of consecutive positions (with their mask, or None)."""
+    if mask is not None and mask.device.type == "cpu":
+        index = mask.nonzero().squeeze(1)
+        for start in range(0, index.numel(), chunk_size):
+            yield index[start:start + chunk_size], None
+        return
+    for start in range(0, n, chunk_size):
+        rows = slice(start, min(n, start + chunk_size))
+        yield rows, None if mask is None else mask[rows]
+
+
+def _take(t: Tensor, rows) -> Tensor:
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+
+def _put(dst: Tensor, rows, src: Tensor) -> None:
+    if isinstance(rows, slice):
+        dst[rows] = src
+    else:
+        dst.index_copy_(0, rows, src.to(dst.dtype))
+
+
+def _add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` with the product in ``a``'s dtype and the sum in ``acc``'s."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    else:
+        acc.add_(torch.mm(a, b))
+
+
+def _teacher_chunk(rows, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases):
+    """The teacher of the chunk ``rows``: ``[C, M, V]`` logits (given, or formed from the hidden states and
+    output layers), or an :class:`EnsembleStats` of the rows."""
+    if teacher_logits is not None:
+        return _take(teacher_logits, rows)
+    if teacher_stats:
+        return EnsembleStats(*(_take(t, rows) for t in teacher_stats))
+    if teacher_weights[0].dim() == 3:  # stacked: [N, M, D] @ [M, V, D]
+        logits = torch.einsum("cmd,mvd->cmv", _take(teacher_inputs[0], rows), teacher_weights[0])
+        if teacher_biases[0] is not None:
+            logits.add_(teacher_biases[0])
+        return logits
+    return torch.stack([F.linear(_take(h, rows), w, b)
+                        for h, w, b in zip(teacher_inputs, teacher_weights, teacher_biases)], dim=1)
+
+
+def _kernel_loss(loss, students, teacher, mask, reduction, compute_grad, o):
+    """The compiled op on one chunk: (loss, [dLoss/dstudent for each student tensor])."""
+    ops = torch.ops.edd_ext
+    logits, stats = (None, teacher) if isinstance(teacher, EnsembleStats) else (teacher, None)
+    if loss == "dirichlet_nll":
+        out = ops.dirichlet_nll(students[0], logits, None if stats is None else stats.mean_log_probs, mask,
+                                o["model_offset"], reduction, compute_grad)
+    elif loss == "proxy_dirichlet_kl":
+        rows = measure = None
+        if stats is not None:
+            rows, measure = stats.mean_probs, stats.rmi if o["precision"] == "mkl" else stats.epkl
+        out = ops.proxy_dirichlet_kl(students[0], logits, rows, measure, mask, o["direction"], o["precision"],
+                                     o["model_offset"], o["target_offset"], o["eps"], o["max_precision"],
+                                     o["reference_code_compat"], reduction, compute_grad)
+    elif loss == "ensemble_kl":
+        out = ops.ensemble_kl(students[0], logits, None if stats is None else stats.mean_probs, mask, reduction,
+                              compute_grad)
+    else:
+        out = ops.logit_nll(students[0], students[1], logits, mask, loss.split("_")[1], o["teacher_norm"],
+                            o["temperature"], o["min_scale"], reduction, compute_grad)
+    return out[0], list(out[1:])
+
+
+def _reference_loss(loss, students, teacher, mask, reduction, compute_grad, o):
+    """``edd_ext.reference`` on one chunk, differentiated with ``torch.func.vjp``."""
+    fn = getattr(reference, loss)
+    keywords = {k: o[k] for k in LOSSES[loss]}
+
+    def call(*xs):
+        return fn(*xs, teacher, mask=mask, reduction="none" if reduction == NONE else "sum", **keywords)
+
+    if not compute_grad:
+        return call(*students), []
+    value, vjp = torch.func.vjp(call, *students)
+    return value, list(vjp(torch.ones_like(value)))
+
+
+def _loss_dtype(input: Tensor, teacher_dtype: torch.dtype) -> torch.dtype:
+    """float64 when the student or the teacher is float64, else float32 (what the kernels return)."""
+    return torch.float64 if torch.float64 in (input.dtype, teacher_dtype) else torch.float32
+
+
+def _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs) -> torch.dtype:
+    if teacher_logits is not None:
+        return teacher_logits.dtype
+    return teacher_stats[0].dtype if teacher_stats else teacher_inputs[0].dtype
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases,
+         mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad) -> List[Tensor]:
+    """The chunk loop (see the module docstring); returns the op's outputs."""
+    n = input.shape[0]
+    members = teacher_logits.shape[1] if teacher_logits is not None else (
+        teacher_weights[0].shape[0] if teacher_weights and teacher_weights[0].dim() == 3 else len(teacher_weights))
+    chunk_size = chunk_size or auto_chunk_size(weights[0].shape[0], members, input.shape[1], len(weights))
+    loss_dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs))
+    per_position = reduction == NONE
+    compute_grad = (input_grad or weight_grad) and (not per_position or grad_loss is not None)
+    acc_dtype = torch.promote_types(input.dtype, torch.float32)
+    total = input.new_zeros(n if per_position else (), dtype=loss_dtype)
+    grad_input = torch.zeros_like(input) if compute_grad and input_grad else None
+    grad_weights = [torch.zeros(w.shape, dtype=acc_dtype, device=w.device) if compute_grad and weight_grad else None
+                    for w in weights]
+    grad_biases = [torch.zeros(b.shape, dtype=acc_dtype, device=b.device)
+                   if compute_grad and weight_grad and b is not None else None for b in biases]
+    if grad_loss is not None and mask is not None:  # a masked position's incoming gradient may be anything
+        grad_loss = torch.where(mask, grad_loss, grad_loss.new_zeros(()))
+    fused = _losses._fused(input.device)
+    chunk_loss = _kernel_loss if fused else _reference_loss
+    for rows, chunk_mask in _chunks(n, chunk_size, mask):
+        x = _take(input, rows)
+        if chunk_mask is not None:  # keep what masked rows hold (NaN included) out of grad_W
+            x = torch.where(chunk_mask.unsqueeze(-1), x, x.new_zeros(()))
+        students = [F.linear(x, w, b) for w, b in zip(weights, biases)]
+        teacher = _teacher_chunk(rows, teacher_logits, teacher_stats, teacher_inputs, teacher_weights,
+                                 teacher_biases)
+        value, grads = chunk_loss(loss, students, teacher, chunk_mask, NONE if per_position else SUM, compute_grad,
+                                  options)
+        del students, teacher
+        if per_position:
+            _put(total, rows, value)
+        else:
+            total.add_(value)
+        if not compute_grad:
+            continue
+        if grad_loss is not None:
+            scale = _take(grad_loss, rows).unsqueeze(-1)
+            grads = [g.mul_(scale) for g in grads]
+        if grad_input is not None:
+            part = torch.mm(grads[0], weights[0])
+            for g, w in zip(grads[1:], weights[1:]):
+                part.addmm_(g, w)
+            _put(grad_input, rows, part)
+        for g, gw, gb in zip(grads, grad_weights, grad_biases):
+            if gw is not None:
+                _add_product(gw, g.t(), x)
+            if gb is not None:
+                gb.add_(g.sum(0, dtype=acc_dtype))
+    if reduction == MEAN:
+        count = mask.sum() if mask is not None else torch.tensor(n, device=input.device)
+        count = count.clamp_min(1).to(acc_dtype)
+        total = total / count.to(loss_dtype)
+        for g in (grad_input, *grad_weights, *grad_biases):
+            if g is not None:
+                g.div_(count)
+    out = [total, _empty(input) if grad_input is None else grad_input]
+    out += [_empty(input) if g is None else g.to(w.dtype) for g, w in zip(grad_weights, weights)]
+    out += [_empty(input) if g is None else g.to(b.dtype) for g, b in zip(grad_biases, biases)]
+    return out
+
+
+# ---- the op ----
+
+
+@torch.library.custom_op("edd_ext::linear_loss", mutates_args=())
+def _linear_loss_op(
+    input: Tensor,
+    weights: List[Tensor],
+    biases: List[Optional[Tensor]],
+    teacher_logits: Optional[Tensor],
+    teacher_stats: List[Tensor],
+    teacher_inputs: List[Tensor],
+    teacher_weights: List[Tensor],
+    teacher_biases: List[Optional[Tensor]],
+    mask: Optional[Tensor],
+    grad_loss: Optional[Tensor],
+    loss: str,
+    model_offset: float,
+    direction: str,
+    precision: str,
+    target_offset: float,
+    eps: float,
+    max_precision: Optional[float],
+    reference_code_compat: bool,
+    teacher_norm: str,
+    temperature: float,
+    min_scale: float,
+    reduction: int,
+    chunk_size: Optional[int],
+    input_grad: bool,
+    weight_grad: bool,
+) -> List[Tensor]:
+    """``input [N, D]``, S student output layers ``weights [V, D]`` / ``biases [V] | None`` (S = 1, or 2 for loc
+    and log-scale); the teacher as ``teacher_logits [N, M, V]``, or ``teacher_stats`` (the seven tensors of an
+    :class:`EnsembleStats` over N positions), or hidden states and output layers (``teacher_inputs``,
+    ``teacher_weights``, ``teacher_biases``: one stacked ``[N, M, D]`` / ``[M, V, D]`` / ``[M, V]`` entry, or M
+    entries ``[N, D_m]`` / ``[V, D_m]`` / ``[V]``); ``mask [N]``.
+
+    Returns ``[loss, grad_input, *grad_weights, *grad_biases]``: the loss (``[N]`` for reduction 0 = none, else a
+    scalar; float32, float64 when the student or the teacher is float64) and its gradients with respect to
+    ``input`` (if ``input_grad``) and the weights and biases (if ``weight_grad``), each ``[0]`` where not computed.
+    Gradients are computed for reductions 1 (sum) and 2 (mean), and for reduction 0 when ``grad_loss [N]`` (the
+    incoming gradient of the per-position losses) is given: the backward of reduction none.
+    """
+    options = dict(model_offset=model_offset, direction=direction, precision=precision, target_offset=target_offset,
+                   eps=eps, max_precision=max_precision, reference_code_compat=reference_code_compat,
+                   teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale)
+    return _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights,
+                teacher_biases, mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad)
+
+
+# Positions of the op's arguments used below.
+_TENSOR_ARGS = 10  # input ... grad_loss
+_GRAD_LOSS, _REDUCTION, _INPUT_GRAD, _WEIGHT_GRAD = 9, 21, 23, 24
+
+
+@_linear_loss_op.register_fake
+def _linear_loss_fake(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights,
+                      teacher_biases, mask, grad_loss, loss, model_offset, direction, precision, target_offset, eps,
+                      max_precision, reference_code_compat, teacher_norm, temperature, min_scale, reduction,
+                      chunk_size, input_grad, weight_grad):
+    dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs))
+    total = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=dtype)
+    computed = reduction != NONE or grad_loss is not None
+    out = [total, torch.empty_like(input) if computed and input_grad else _empty(input)]
+    out += [torch.empty_like(w) if computed and weight_grad else _empty(input) for w in weights]
+    out += [torch.empty_like(b) if computed and weight_grad and b is not None else _empty(input) for b in biases]
+    return out
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.num_args = len(inputs)
+    ctx.list_lengths = {i: len(a) for i, a in enumerate(inputs) if isinstance(a, (list, tuple))}
+    ctx.has_bias = [b is not None for b in inputs[2]]
+    ctx.input_grad, ctx.weight_grad = inputs[_INPUT_GRAD], inputs[_WEIGHT_GRAD]
+    ctx.per_position = inputs[_REDUCTION] == NONE
+    if ctx.per_position:  # the backward runs the op again: keep its inputs
+        flat, ctx.spec = pytree.tree_flatten(list(inputs[:_TENSOR_ARGS]))
+        ctx.save_for_backward(*flat)
+        ctx.options = inputs[_TENSOR_ARGS:]
+    else:
+        ctx.save_for_backward(*output[1:])
+
+
+def _backward(ctx, grads):
+    # one entry per argument, a list of them for the list arguments (the teachers' get None)
+    out = [[None] * ctx.list_lengths[i] if i in ctx.list_lengths else None for i in range(ctx.num_args)]
+    grad_loss = grads[0]
+    if grad_loss is None:  # nothing reached the loss
+        return tuple(out)
+    if ctx.per_position:
+        args = pytree.tree_unflatten(list(ctx.saved_tensors), ctx.spec)
+        args[_GRAD_LOSS] = grad_loss
+        saved = torch.ops.edd_ext.linear_loss(*args, *ctx.options)[1:]
+    else:
+        saved = [g * grad_loss for g in ctx.saved_tensors]
+    k = ctx.list_lengths[1]
+    if ctx.input_grad:
+        out[0] = saved[0]
+    if ctx.weight_grad:
+        out[1] = list(saved[1:1 + k])
+        out[2] = [g if has else None for g, has in zip(saved[1 + k:], ctx.has_bias)]
+    return tuple(out)
+
+
+_linear_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- call wrapper ----
+
+
+def linear_loss(loss: str, input: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]], *,
+                teacher_logits: Optional[Tensor] = None, teacher_stats: Sequence[Tensor] = (),
+                teacher_inputs: Sequence[Tensor] = (), teacher_weights: Sequence[Tensor] = (),
+                teacher_biases: Sequence[Optional[Tensor]] = (), mask: Optional[Tensor], reduction: str,
+                chunk_size: Optional[int], **options) -> Tensor:
+    """The loss of ``torch.ops.edd_ext.linear_loss`` (arguments already checked and flattened to N positions),
+    with the gradients computed only for what autograd needs."""
+    grad_mode = torch.is_grad_enabled()
+    input_grad = grad_mode and input.requires_grad
+    weight_grad = grad_mode and any(t is not None and t.requires_grad for t in (*weights, *biases))
+    o = {**OPTIONS, **options}
+    detached = [t.detach() for t in teacher_inputs]
+    out = torch.ops.edd_ext.linear_loss(
+        input, list(weights), list(biases), None if teacher_logits is None else teacher_logits.detach(),
+        [t.detach() for t in teacher_stats], detached, [t.detach() for t in teacher_weights],
+        [None if t is None else t.detach() for t in teacher_biases], mask, None, loss, float(o["model_offset"]),
+        o["direction"], o["precision"], float(o["target_offset"]), float(o["eps"]),
+        None if o["max_precision"] is None else float(o["max_precision"]), bool(o["reference_code_compat"]),
+        o["teacher_norm"], float(o["temperature"]), float(o["min_scale"]), REDUCTION_CODES[reduction], chunk_size,
+        input_grad, weight_grad,
+    )
+    return out[0]

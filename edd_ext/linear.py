@@ -1,0 +1,270 @@
+"""Fused linear losses (SPEC section 2.5): from the student's last hidden states to the distillation loss without
+a ``[*, V]`` student tensor or, with :class:`~edd_ext.LinearTeachers`, a ``[*, M, V]`` teacher tensor.
+
+``E.linear_<loss>(input, linear_weight, teacher, *, linear_bias=None, chunk_size=None, ...)`` equals
+``E.<loss>(F.linear(input, linear_weight, linear_bias), teacher, ...)``, in value and in the gradients of
+``input``, ``linear_weight`` and ``linear_bias``, but is computed chunk by chunk over the positions: each chunk's
+logits are formed, run through the loss's fused kernel (loss and logit gradient in one pass) and turned at once
+into the chunk's share of the parameter gradients, so at no time is more than a chunk of logits alive, in the
+forward or the backward (the calling convention of ``torch.nn.functional.linear_cross_entropy``; the method of
+Liger-Kernel's fused linear losses and Cut Cross-Entropy). The op and its autograd are in
+``edd_ext._linear_ops``.
+
+The teacher is what the logit-level loss takes (``[*, M, V]`` logits, or an :class:`~edd_ext.EnsembleStats` for
+the categorical and Dirichlet losses), or ``E.LinearTeachers(input, linear_weight, linear_bias)``: the teachers'
+last hidden states and output layers, multiplied out one chunk at a time. Teachers get no gradient.
+
+Memory: the backward keeps ``grad_input`` ``[*, D]`` and the parameter gradients (computed in the forward); a
+chunk takes about ``chunk_size x (M + 2) x V`` floats (``(M + 4) x V`` for the logit-space losses). The default
+``chunk_size`` (None) sizes a chunk to about 64 MiB from V, M and D (``edd_ext._linear_ops.auto_chunk_size``).
+
+Masked positions (``mask`` False) contribute exactly 0 and get exactly 0 gradient whatever their hidden states
+hold, NaN included. On CPU they are not computed at all (each chunk gathers unmasked positions by index); on
+other devices they are zeroed and skipped inside the chunk instead, since gathering them by index would need the
+count on the host (a device synchronisation). No function here synchronises with the device.
+
+``reduction="none"`` computes the per-position losses in the forward and recomputes every chunk in the backward
+(the incoming gradient differs per position, so it cannot be folded in beforehand): twice the matmuls of
+``"sum"`` / ``"mean"``. The gradients are first order (no double backward).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _linear_ops
+from ._reduction import check_mask, check_reduction
+from ._validation import (
+    check_chunk_size,
+    check_choice,
+    check_linear,
+    check_linear_teachers,
+)
+from .reference import _check_logit_inputs, _check_number, _check_teacher
+from .types import EnsembleStats, LinearTeachers
+
+__all__ = [
+    "linear_dirichlet_nll",
+    "linear_proxy_dirichlet_kl",
+    "linear_ensemble_kl",
+    "linear_logit_gaussian_nll",
+    "linear_logit_laplace_nll",
+]
+
+LinearTeacher = Union[Tensor, EnsembleStats, LinearTeachers]
+
+
+def _stand_in(input: Tensor, vocab: int) -> Tensor:
+    """A zero-stride tensor with the shape ``[*, V]``, dtype and device of the student's logits, so that the
+    logit-level checks apply unchanged; nothing is allocated."""
+    return input.new_zeros(()).expand(*input.shape[:-1], vocab)
+
+
+def _check_options(loss: str, reduction: str, options: dict) -> None:
+    """The keywords of ``loss`` (the same checks as the logit-level function)."""
+    check_reduction(reduction)
+    if "model_offset" in options:
+        _check_number("model_offset", options["model_offset"], minimum=0.0)
+    if loss == "proxy_dirichlet_kl":
+        check_choice("direction", options["direction"], ("reverse", "forward"))
+        check_choice("precision", options["precision"], ("mkl", "epkl"))
+        _check_number("target_offset", options["target_offset"], minimum=0.0)
+        _check_number("eps", options["eps"], minimum=0.0, strict=True)
+        if options["max_precision"] is not None:
+            _check_number("max_precision", options["max_precision"], minimum=0.0, strict=True)
+        if not isinstance(options["reference_code_compat"], bool):
+            raise ValueError(f"reference_code_compat: expected a bool, got {options['reference_code_compat']!r}")
+        if options["reference_code_compat"] and options["direction"] != "reverse":
+            raise ValueError(
+                f"reference_code_compat: the released code's objective exists for direction='reverse' only, "
+                f"got direction={options['direction']!r}"
+            )
+    if "teacher_norm" in options:
+        check_choice("teacher_norm", options["teacher_norm"], ("log_softmax", "center", "none"))
+        _check_number("temperature", options["temperature"], minimum=0.0, strict=True)
+        _check_number("min_scale", options["min_scale"], minimum=0.0)
+
+
+def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: LinearTeacher,
+            chunk_size: Optional[int], mask: Optional[Tensor], reduction: str, **options) -> Tensor:
+    """Check, flatten the positions ``[*]`` to ``[N]``, run the op, restore ``[*]`` for ``reduction="none"``."""
+    _check_options(loss, reduction, options)
+    check_chunk_size(chunk_size)
+    check_linear(input, weights, biases)
+    first_weight = next(iter(weights))
+    weight_list, bias_list = list(weights.values()), list(biases.values())
+    batch, width = input.shape[:-1], input.shape[-1]
+    vocab = weight_list[0].shape[0]
+    logit_loss = len(weights) == 2
+    teacher_args = {}
+    if isinstance(teacher, LinearTeachers):
+        check_linear_teachers(teacher, batch, vocab, input.device, first_weight)
+        check_mask(mask, batch, input.device)
+        hidden, weight, bias = teacher
+        if isinstance(hidden, Tensor):
+            hidden, weight, bias = [hidden.reshape(-1, *hidden.shape[-2:])], [weight], [bias]
+        else:
+            hidden = [h.reshape(-1, h.shape[-1]) for h in hidden]
+            bias = [None] * len(hidden) if bias is None else list(bias)
+        teacher_args = dict(teacher_inputs=hidden, teacher_weights=list(weight), teacher_biases=bias)
+    elif logit_loss:
+        stand_in = _stand_in(input, vocab)
+        _check_logit_inputs(stand_in, stand_in, teacher, options["teacher_norm"], options["temperature"],
+                            options["min_scale"], mask, reduction)
+        teacher_args = dict(teacher_logits=teacher.reshape(-1, *teacher.shape[-2:]))
+    else:
+        _check_teacher(f"input @ {first_weight}.T", _stand_in(input, vocab), teacher, mask)
+        if isinstance(teacher, EnsembleStats):
+            fields = [getattr(teacher, f) for f in EnsembleStats._fields[:-1]]
+            teacher_args = dict(teacher_stats=[t.reshape(-1, *t.shape[len(batch):]) for t in fields])
+        else:
+            teacher_args = dict(teacher_logits=teacher.reshape(-1, *teacher.shape[-2:]))
+    out = _linear_ops.linear_loss(
+        loss, input.reshape(-1, width), weight_list, bias_list, mask=None if mask is None else mask.reshape(-1),
+        reduction=reduction, chunk_size=chunk_size, **teacher_args, **options,
+    )
+    return out.reshape(batch) if reduction == "none" else out
+
+
+def linear_dirichlet_nll(
+    input: Tensor,
+    linear_weight: Tensor,
+    teacher: LinearTeacher,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    model_offset: float = 1.0,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """:func:`edd_ext.dirichlet_nll` of ``F.linear(input, linear_weight, linear_bias)``, fused and chunked
+    (EnD^2, SPEC sections 2.1 and 2.5).
+
+    Shape:
+        input: ``[*, D]``; linear_weight: ``[V, D]``; linear_bias: ``[V]``; teacher: ``[*, M, V]`` logits, an
+        :class:`~edd_ext.EnsembleStats` (uses ``mean_log_probs``) or :class:`~edd_ext.LinearTeachers`;
+        mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
+    """
+    return _linear("dirichlet_nll", input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias}, teacher,
+                   chunk_size, mask, reduction, model_offset=model_offset)
+
+
+def linear_proxy_dirichlet_kl(
+    input: Tensor,
+    linear_weight: Tensor,
+    teacher: LinearTeacher,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    direction: str = "reverse",
+    precision: str = "mkl",
+    model_offset: float = 1.0,
+    target_offset: float = 1.0,
+    eps: float = 1.1920929e-7,
+    max_precision: Optional[float] = None,
+    reference_code_compat: bool = False,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """:func:`edd_ext.proxy_dirichlet_kl` of ``F.linear(input, linear_weight, linear_bias)``, fused and chunked
+    (SPEC sections 2.2 and 2.5); the keywords are those of :func:`edd_ext.proxy_dirichlet_kl`.
+
+    Shape:
+        input: ``[*, D]``; linear_weight: ``[V, D]``; linear_bias: ``[V]``; teacher: ``[*, M, V]`` logits, an
+        :class:`~edd_ext.EnsembleStats` (uses ``mean_probs`` and ``rmi`` or ``epkl``) or
+        :class:`~edd_ext.LinearTeachers`; mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a
+        scalar.
+    """
+    return _linear("proxy_dirichlet_kl", input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias},
+                   teacher, chunk_size, mask, reduction, direction=direction, precision=precision,
+                   model_offset=model_offset, target_offset=target_offset, eps=eps, max_precision=max_precision,
+                   reference_code_compat=reference_code_compat)
+
+
+def linear_ensemble_kl(
+    input: Tensor,
+    linear_weight: Tensor,
+    teacher: LinearTeacher,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """:func:`edd_ext.ensemble_kl` of ``F.linear(input, linear_weight, linear_bias)``, fused and chunked (the EnD
+    baseline, SPEC sections 2.4 and 2.5). Up to the teacher's entropy, this is
+    ``F.linear_cross_entropy(input, linear_weight, pi^)`` with the ensemble mean pi^ as probability targets,
+    without the ``[*, V]`` targets.
+
+    Shape:
+        input: ``[*, D]``; linear_weight: ``[V, D]``; linear_bias: ``[V]``; teacher: ``[*, M, V]`` logits, an
+        :class:`~edd_ext.EnsembleStats` (uses ``mean_probs``) or :class:`~edd_ext.LinearTeachers`;
+        mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
+    """
+    return _linear("ensemble_kl", input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias}, teacher,
+                   chunk_size, mask, reduction)
+
+
+def _linear_logit(family: str, input, loc_weight, log_scale_weight, teacher, loc_bias, log_scale_bias, chunk_size,
+                  teacher_norm, temperature, min_scale, mask, reduction) -> Tensor:
+    return _linear(f"logit_{family}_nll", input, {"loc_weight": loc_weight, "log_scale_weight": log_scale_weight},
+                   {"loc_bias": loc_bias, "log_scale_bias": log_scale_bias}, teacher, chunk_size, mask, reduction,
+                   teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale)
+
+
+def linear_logit_gaussian_nll(
+    input: Tensor,
+    loc_weight: Tensor,
+    log_scale_weight: Tensor,
+    teacher: Union[Tensor, LinearTeachers],
+    *,
+    loc_bias: Optional[Tensor] = None,
+    log_scale_bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    teacher_norm: str = "log_softmax",
+    temperature: float = 1.0,
+    min_scale: float = 0.0,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """:func:`edd_ext.logit_gaussian_nll` of ``loc = F.linear(input, loc_weight, loc_bias)`` and
+    ``log_scale = F.linear(input, log_scale_weight, log_scale_bias)``, fused and chunked (SPEC sections 2.3 and
+    2.5); the keywords are those of :func:`edd_ext.logit_gaussian_nll`.
+
+    Shape:
+        input: ``[*, D]``; loc_weight, log_scale_weight: ``[V, D]``; loc_bias, log_scale_bias: ``[V]``;
+        teacher: ``[*, M, V]`` logits or :class:`~edd_ext.LinearTeachers`; mask: ``[*]`` bool.
+        Output: ``[*]`` for ``reduction="none"``, else a scalar.
+    """
+    return _linear_logit("gaussian", input, loc_weight, log_scale_weight, teacher, loc_bias, log_scale_bias,
+                         chunk_size, teacher_norm, temperature, min_scale, mask, reduction)
+
+
+def linear_logit_laplace_nll(
+    input: Tensor,
+    loc_weight: Tensor,
+    log_scale_weight: Tensor,
+    teacher: Union[Tensor, LinearTeachers],
+    *,
+    loc_bias: Optional[Tensor] = None,
+    log_scale_bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    teacher_norm: str = "log_softmax",
+    temperature: float = 1.0,
+    min_scale: float = 0.0,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """:func:`edd_ext.logit_laplace_nll` of ``loc = F.linear(input, loc_weight, loc_bias)`` and
+    ``log_scale = F.linear(input, log_scale_weight, log_scale_bias)``, fused and chunked (SPEC sections 2.3 and
+    2.5); the keywords are those of :func:`edd_ext.logit_laplace_nll`.
+
+    Shape:
+        input: ``[*, D]``; loc_weight, log_scale_weight: ``[V, D]``; loc_bias, log_scale_bias: ``[V]``;
+        teacher: ``[*, M, V]`` logits or :class:`~edd_ext.LinearTeachers`; mask: ``[*]`` bool.
+        Output: ``[*]`` for ``reduction="none"``, else a scalar.
+    """
+    return _linear_logit("laplace", input, loc_weight, log_scale_weight, teacher, loc_bias, log_scale_bias,
+                         chunk_size, teacher_norm, temperature, min_scale, mask, reduction)
