@@ -32,7 +32,7 @@ The gradients are first order: the saved gradients are constants of the backward
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -189,8 +189,9 @@ def _empty(like: Tensor) -> Tensor:
 
 
 def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases,
-         mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad) -> List[Tensor]:
-    """The chunk loop (see the module docstring); returns the op's outputs."""
+         mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad):
+    """The chunk loop (see the module docstring): (loss, grad_input | None, [grad_weight | None for each weight],
+    [grad_bias | None for each bias]), the parameter gradients in the parameters' dtypes."""
     n = input.shape[0]
     members = teacher_logits.shape[1] if teacher_logits is not None else (
         teacher_weights[0].shape[0] if teacher_weights and teacher_weights[0].dim() == 3 else len(teacher_weights))
@@ -245,10 +246,9 @@ def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, 
         for g in (grad_input, *grad_weights, *grad_biases):
             if g is not None:
                 g.div_(count)
-    out = [total, _empty(input) if grad_input is None else grad_input]
-    out += [_empty(input) if g is None else g.to(w.dtype) for g, w in zip(grad_weights, weights)]
-    out += [_empty(input) if g is None else g.to(b.dtype) for g, b in zip(grad_biases, biases)]
-    return out
+    grad_weights = [None if g is None else g.to(w.dtype) for g, w in zip(grad_weights, weights)]
+    grad_biases = [None if g is None else g.to(b.dtype) for g, b in zip(grad_biases, biases)]
+    return total, grad_input, grad_weights, grad_biases
 
 
 # ---- the op ----
@@ -257,8 +257,10 @@ def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, 
 @torch.library.custom_op("edd_ext::linear_loss", mutates_args=())
 def _linear_loss_op(
     input: Tensor,
-    weights: List[Tensor],
-    biases: List[Optional[Tensor]],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    log_scale_weight: Optional[Tensor],
+    log_scale_bias: Optional[Tensor],
     teacher_logits: Optional[Tensor],
     teacher_stats: List[Tensor],
     teacher_inputs: List[Tensor],
@@ -281,53 +283,76 @@ def _linear_loss_op(
     chunk_size: Optional[int],
     input_grad: bool,
     weight_grad: bool,
-) -> List[Tensor]:
-    """``input [N, D]``, S student output layers ``weights [V, D]`` / ``biases [V] | None`` (S = 1, or 2 for loc
-    and log-scale); the teacher as ``teacher_logits [N, M, V]``, or ``teacher_stats`` (the seven tensors of an
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``input [N, D]`` and the student's output layer ``weight [V, D]``, ``bias [V] | None`` (for the logit-space
+    losses, the location's; ``log_scale_weight [V, D]`` and ``log_scale_bias`` are the log-scale head's, None
+    otherwise); the teacher as ``teacher_logits [N, M, V]``, or ``teacher_stats`` (the seven tensors of an
     :class:`EnsembleStats` over N positions), or hidden states and output layers (``teacher_inputs``,
-    ``teacher_weights``, ``teacher_biases``: one stacked ``[N, M, D]`` / ``[M, V, D]`` / ``[M, V]`` entry, or M
-    entries ``[N, D_m]`` / ``[V, D_m]`` / ``[V]``); ``mask [N]``.
+    ``teacher_weights``, ``teacher_biases``: one stacked ``[N, M, D]`` / ``[M, V, D]`` / ``[M, V] | None`` entry,
+    or M entries ``[N, D_m]`` / ``[V, D_m]`` / ``[V] | None``); ``mask [N]``.
 
-    Returns ``[loss, grad_input, *grad_weights, *grad_biases]``: the loss (``[N]`` for reduction 0 = none, else a
-    scalar; float32, float64 when the student or the teacher is float64) and its gradients with respect to
-    ``input`` (if ``input_grad``) and the weights and biases (if ``weight_grad``), each ``[0]`` where not computed.
-    Gradients are computed for reductions 1 (sum) and 2 (mean), and for reduction 0 when ``grad_loss [N]`` (the
-    incoming gradient of the per-position losses) is given: the backward of reduction none.
+    Returns ``(loss, grad_input, grad_weight, grad_bias, grad_log_scale_weight, grad_log_scale_bias)``: the loss
+    (``[N]`` for reduction 0 = none, else a scalar; float32, float64 when the student or the teacher is float64)
+    and its gradients with respect to ``input`` (if ``input_grad``) and the weights and biases (if
+    ``weight_grad``), each ``[0]`` where not computed or absent. Gradients are computed for reductions 1 (sum) and
+    2 (mean), and for reduction 0 when ``grad_loss [N]`` (the incoming gradient of the per-position losses) is
+    given: the backward of reduction none.
     """
     options = dict(model_offset=model_offset, direction=direction, precision=precision, target_offset=target_offset,
                    eps=eps, max_precision=max_precision, reference_code_compat=reference_code_compat,
                    teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale)
-    return _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights,
-                teacher_biases, mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad)
+    weights, biases = _heads(weight, bias, log_scale_weight, log_scale_bias)
+    total, grad_input, grad_weights, grad_biases = _run(
+        input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases,
+        mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad)
+    return _outputs(input, total, grad_input, grad_weights, grad_biases)
 
 
-# Positions of the op's arguments used below.
-_TENSOR_ARGS = 10  # input ... grad_loss
-_GRAD_LOSS, _REDUCTION, _INPUT_GRAD, _WEIGHT_GRAD = 9, 21, 23, 24
+def _heads(weight, bias, log_scale_weight, log_scale_bias):
+    """([weights], [biases]) of the student's one or two output layers."""
+    if log_scale_weight is None:
+        return [weight], [bias]
+    return [weight, log_scale_weight], [bias, log_scale_bias]
+
+
+def _outputs(input, total, grad_input, grad_weights, grad_biases):
+    """The op's six outputs, ``[0]`` tensors for gradients not computed or of absent parameters."""
+    grads = [grad_input, *grad_weights, *[None] * (2 - len(grad_weights)), *grad_biases,
+             *[None] * (2 - len(grad_biases))]
+    grad_input, gw, gw2, gb, gb2 = (_empty(input) if g is None else g for g in grads)
+    return total, grad_input, gw, gb, gw2, gb2
+
+
+#: Position of each argument of the op.
+_ARG = {a.name: i for i, a in enumerate(torch.ops.edd_ext.linear_loss.default._schema.arguments)}
+#: The tensor arguments (input ... grad_loss) come first.
+_TENSOR_ARGS = _ARG["loss"]
 
 
 @_linear_loss_op.register_fake
-def _linear_loss_fake(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights,
-                      teacher_biases, mask, grad_loss, loss, model_offset, direction, precision, target_offset, eps,
-                      max_precision, reference_code_compat, teacher_norm, temperature, min_scale, reduction,
-                      chunk_size, input_grad, weight_grad):
+def _linear_loss_fake(input, weight, bias, log_scale_weight, log_scale_bias, teacher_logits, teacher_stats,
+                      teacher_inputs, teacher_weights, teacher_biases, mask, grad_loss, loss, *options):
+    reduction, input_grad, weight_grad = (options[_ARG[k] - _ARG["loss"] - 1]
+                                          for k in ("reduction", "input_grad", "weight_grad"))
     dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs))
     total = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=dtype)
     computed = reduction != NONE or grad_loss is not None
-    out = [total, torch.empty_like(input) if computed and input_grad else _empty(input)]
-    out += [torch.empty_like(w) if computed and weight_grad else _empty(input) for w in weights]
-    out += [torch.empty_like(b) if computed and weight_grad and b is not None else _empty(input) for b in biases]
-    return out
+    weights, biases = _heads(weight, bias, log_scale_weight, log_scale_bias)
+    grad_input = torch.empty_like(input) if computed and input_grad else None
+    grad_weights = [torch.empty_like(w) if computed and weight_grad else None for w in weights]
+    grad_biases = [torch.empty_like(b) if computed and weight_grad and b is not None else None for b in biases]
+    return _outputs(input, total, grad_input, grad_weights, grad_biases)
 
 
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(*output[1:])
-    ctx.num_args = len(inputs)
-    ctx.list_lengths = {i: len(a) for i, a in enumerate(inputs) if isinstance(a, (list, tuple))}
-    ctx.has_bias = [b is not None for b in inputs[2]]
-    ctx.input_grad, ctx.weight_grad = inputs[_INPUT_GRAD], inputs[_WEIGHT_GRAD]
-    ctx.per_position = inputs[_REDUCTION] == NONE
+    # the backward returns one entry per argument: for a list of tensors, a list of as many (None) entries
+    ctx.structure = [len(a) if isinstance(a, list) and all(isinstance(t, Tensor) for t in a) else None
+                     for a in inputs]
+    ctx.present = [inputs[_ARG[k]] is not None for k in ("bias", "log_scale_weight", "log_scale_bias")]
+    ctx.input_grad, ctx.weight_grad = inputs[_ARG["input_grad"]], inputs[_ARG["weight_grad"]]
+    ctx.per_position = inputs[_ARG["reduction"]] == NONE
     if ctx.per_position:  # the backward runs the op again: keep its inputs
         flat, ctx.spec = pytree.tree_flatten(list(inputs[:_TENSOR_ARGS]))
         ctx.save_for_backward(*flat)
@@ -336,24 +361,25 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(*output[1:])
 
 
-def _backward(ctx, grads):
-    # one entry per argument, a list of them for the list arguments (the teachers' get None)
-    out = [[None] * ctx.list_lengths[i] if i in ctx.list_lengths else None for i in range(ctx.num_args)]
-    grad_loss = grads[0]
+def _backward(ctx, grad_loss, *unused):
+    out = [None if n is None else [None] * n for n in ctx.structure]
     if grad_loss is None:  # nothing reached the loss
         return tuple(out)
     if ctx.per_position:
         args = pytree.tree_unflatten(list(ctx.saved_tensors), ctx.spec)
-        args[_GRAD_LOSS] = grad_loss
-        saved = torch.ops.edd_ext.linear_loss(*args, *ctx.options)[1:]
+        args[_ARG["grad_loss"]] = grad_loss
+        grads = torch.ops.edd_ext.linear_loss(*args, *ctx.options)[1:]
     else:
-        saved = [g * grad_loss for g in ctx.saved_tensors]
-    k = ctx.list_lengths[1]
+        grads = [g * grad_loss for g in ctx.saved_tensors]
+    grad_input, grad_weight, grad_bias, grad_log_scale_weight, grad_log_scale_bias = grads
     if ctx.input_grad:
-        out[0] = saved[0]
+        out[_ARG["input"]] = grad_input
     if ctx.weight_grad:
-        out[1] = list(saved[1:1 + k])
-        out[2] = [g if has else None for g, has in zip(saved[1 + k:], ctx.has_bias)]
+        has_bias, has_log_scale, has_log_scale_bias = ctx.present
+        out[_ARG["weight"]] = grad_weight
+        out[_ARG["bias"]] = grad_bias if has_bias else None
+        out[_ARG["log_scale_weight"]] = grad_log_scale_weight if has_log_scale else None
+        out[_ARG["log_scale_bias"]] = grad_log_scale_bias if has_log_scale_bias else None
     return tuple(out)
 
 
@@ -368,20 +394,22 @@ def linear_loss(loss: str, input: Tensor, weights: Sequence[Tensor], biases: Seq
                 teacher_inputs: Sequence[Tensor] = (), teacher_weights: Sequence[Tensor] = (),
                 teacher_biases: Sequence[Optional[Tensor]] = (), mask: Optional[Tensor], reduction: str,
                 chunk_size: Optional[int], **options) -> Tensor:
-    """The loss of ``torch.ops.edd_ext.linear_loss`` (arguments already checked and flattened to N positions),
-    with the gradients computed only for what autograd needs."""
+    """The loss of ``torch.ops.edd_ext.linear_loss`` (arguments already checked and flattened to N positions;
+    ``weights`` / ``biases``: the student's one output layer, or the loc and log-scale heads), with the gradients
+    computed only for what autograd needs."""
     grad_mode = torch.is_grad_enabled()
     input_grad = grad_mode and input.requires_grad
     weight_grad = grad_mode and any(t is not None and t.requires_grad for t in (*weights, *biases))
+    heads = list(zip(weights, biases)) + [(None, None)]
+    (weight, bias), (log_scale_weight, log_scale_bias) = heads[:2]
     o = {**OPTIONS, **options}
-    detached = [t.detach() for t in teacher_inputs]
-    out = torch.ops.edd_ext.linear_loss(
-        input, list(weights), list(biases), None if teacher_logits is None else teacher_logits.detach(),
-        [t.detach() for t in teacher_stats], detached, [t.detach() for t in teacher_weights],
+    return torch.ops.edd_ext.linear_loss(
+        input, weight, bias, log_scale_weight, log_scale_bias,
+        None if teacher_logits is None else teacher_logits.detach(), [t.detach() for t in teacher_stats],
+        [t.detach() for t in teacher_inputs], [t.detach() for t in teacher_weights],
         [None if t is None else t.detach() for t in teacher_biases], mask, None, loss, float(o["model_offset"]),
         o["direction"], o["precision"], float(o["target_offset"]), float(o["eps"]),
         None if o["max_precision"] is None else float(o["max_precision"]), bool(o["reference_code_compat"]),
         o["teacher_norm"], float(o["temperature"]), float(o["min_scale"]), REDUCTION_CODES[reduction], chunk_size,
         input_grad, weight_grad,
-    )
-    return out[0]
+    )[0]
