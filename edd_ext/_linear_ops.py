@@ -88,10 +88,16 @@ def auto_chunk_size(vocab: int, members: int, width: int, heads: int = 1) -> int
 # ---- the chunk loop ----
 
 
+def _gathers_rows(device: torch.device) -> bool:
+    """Whether chunks gather the unmasked positions by index on ``device`` (only where finding them needs no
+    device synchronisation)."""
+    return device.type == "cpu"
+
+
 def _chunks(n: int, chunk_size: int, mask: Optional[Tensor]):
     """Yield ``(rows, chunk_mask)``: ``rows`` an index tensor of up to ``chunk_size`` unmasked positions (CPU
     with a mask; ``chunk_mask`` None) or a slice of consecutive positions (with their mask, or None)."""
-    if mask is not None and mask.device.type == "cpu":
+    if mask is not None and _gathers_rows(mask.device):
         index = mask.nonzero().squeeze(1)
         for start in range(0, index.numel(), chunk_size):
             yield index[start:start + chunk_size], None

@@ -62,8 +62,9 @@ def _stand_in(input: Tensor, vocab: int) -> Tensor:
     return input.new_zeros(()).expand(*input.shape[:-1], vocab)
 
 
-def _check_options(loss: str, reduction: str, options: dict) -> None:
-    """The keywords of ``loss`` (the same checks as the logit-level function)."""
+def check_options(loss: str, *, chunk_size: Optional[int], reduction: str, **options) -> None:
+    """The keywords of ``linear_<loss>``: ``chunk_size`` and the logit-level function's (the same checks)."""
+    check_chunk_size(chunk_size)
     check_reduction(reduction)
     if "model_offset" in options:
         _check_number("model_offset", options["model_offset"], minimum=0.0)
@@ -90,8 +91,7 @@ def _check_options(loss: str, reduction: str, options: dict) -> None:
 def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: LinearTeacher,
             chunk_size: Optional[int], mask: Optional[Tensor], reduction: str, **options) -> Tensor:
     """Check, flatten the positions ``[*]`` to ``[N]``, run the op, restore ``[*]`` for ``reduction="none"``."""
-    _check_options(loss, reduction, options)
-    check_chunk_size(chunk_size)
+    check_options(loss, chunk_size=chunk_size, reduction=reduction, **options)
     check_linear(input, weights, biases)
     first_weight = next(iter(weights))
     weight_list, bias_list = list(weights.values()), list(biases.values())

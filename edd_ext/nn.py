@@ -5,11 +5,12 @@ and an optional ``mask``. Every module is stateless and works under ``torch.comp
 """
 from __future__ import annotations
 
-from typing import Optional
+import inspect
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from . import losses
+from . import linear, losses
 from ._reduction import check_reduction
 from ._validation import check_choice
 from .reference import _check_number
@@ -20,6 +21,11 @@ __all__ = [
     "LogitGaussianNLLLoss",
     "LogitLaplaceNLLLoss",
     "EnsembleKLLoss",
+    "LinearDirichletNLLLoss",
+    "LinearProxyDirichletKLLoss",
+    "LinearEnsembleKLLoss",
+    "LinearLogitGaussianNLLLoss",
+    "LinearLogitLaplaceNLLLoss",
 ]
 
 
@@ -183,3 +189,63 @@ class EnsembleKLLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
+
+
+# ---- fused linear losses (SPEC section 2.5) ----
+
+#: Keywords of the linear functions that are inputs, not options.
+_LINEAR_INPUTS = ("linear_bias", "loc_bias", "log_scale_bias", "mask")
+
+
+class _LinearLoss(nn.Module):
+    """Base of the fused linear loss modules: holds the function's options (``chunk_size``, ``reduction`` and the
+    loss's keywords), checked at construction."""
+
+    function: Callable
+    loss: str
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        defaults = {name: p.default for name, p in inspect.signature(self.function).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and name not in _LINEAR_INPUTS}
+        unknown = options.keys() - defaults.keys()
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {sorted(unknown)}")
+        self.options = {**defaults, **options}
+        linear.check_options(self.loss, **self.options)
+
+    def forward(self, input: Tensor, linear_weight: Tensor, teacher, linear_bias: Optional[Tensor] = None,
+                mask: Optional[Tensor] = None) -> Tensor:
+        return type(self).function(input, linear_weight, teacher, linear_bias=linear_bias, mask=mask, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class _LinearLogitLoss(_LinearLoss):
+    def forward(self, input: Tensor, loc_weight: Tensor, log_scale_weight: Tensor, teacher,
+                loc_bias: Optional[Tensor] = None, log_scale_bias: Optional[Tensor] = None,
+                mask: Optional[Tensor] = None) -> Tensor:
+        return type(self).function(input, loc_weight, log_scale_weight, teacher, loc_bias=loc_bias,
+                                   log_scale_bias=log_scale_bias, mask=mask, **self.options)
+
+
+def _linear_module(class_name: str, loss: str) -> type:
+    """The module class of ``edd_ext.linear_<loss>``."""
+    function = getattr(linear, "linear_" + loss)
+    base = _LinearLogitLoss if loss.startswith("logit_") else _LinearLoss
+    return type(class_name, (base,), {
+        "function": staticmethod(function),
+        "loss": loss,
+        "__module__": __name__,
+        "__doc__": f"Module form of :func:`edd_ext.linear_{loss}`: holds its options (``chunk_size``, "
+                   f"``reduction`` and the loss's keywords), fixed at construction; ``forward`` takes the inputs "
+                   f"and the teacher.\n\n    " + (function.__doc__ or ""),
+    })
+
+
+LinearDirichletNLLLoss = _linear_module("LinearDirichletNLLLoss", "dirichlet_nll")
+LinearProxyDirichletKLLoss = _linear_module("LinearProxyDirichletKLLoss", "proxy_dirichlet_kl")
+LinearEnsembleKLLoss = _linear_module("LinearEnsembleKLLoss", "ensemble_kl")
+LinearLogitGaussianNLLLoss = _linear_module("LinearLogitGaussianNLLLoss", "logit_gaussian_nll")
+LinearLogitLaplaceNLLLoss = _linear_module("LinearLogitLaplaceNLLLoss", "logit_laplace_nll")
