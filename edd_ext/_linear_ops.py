@@ -133,13 +133,21 @@ def _teacher_chunk(rows, teacher_logits, teacher_stats, teacher_inputs, teacher_
         return _take(teacher_logits, rows)
     if teacher_stats:
         return EnsembleStats(*(_take(t, rows) for t in teacher_stats))
-    if teacher_weights[0].dim() == 3:  # stacked: [N, M, D] @ [M, V, D]
-        logits = torch.einsum("cmd,mvd->cmv", _take(teacher_inputs[0], rows), teacher_weights[0])
-        if teacher_biases[0] is not None:
-            logits.add_(teacher_biases[0])
-        return logits
-    return torch.stack([F.linear(_take(h, rows), w, b)
-                        for h, w, b in zip(teacher_inputs, teacher_weights, teacher_biases)], dim=1)
+    if teacher_weights[0].dim() == 3:  # stacked: [N, M, D], [M, V, D], [M, V]
+        hidden = _take(teacher_inputs[0], rows)
+        members = [(hidden[:, m], w, None if teacher_biases[0] is None else teacher_biases[0][m])
+                   for m, w in enumerate(teacher_weights[0])]
+    else:
+        members = [(_take(h, rows), w, b) for h, w, b in zip(teacher_inputs, teacher_weights, teacher_biases)]
+    hidden, weight = members[0][:2]
+    logits = hidden.new_empty((hidden.shape[0], len(members), weight.shape[0]))
+    for m, (h, w, b) in enumerate(members):
+        # written in place into the [C, M, V] rows (a BLAS leading dimension of M x V): no permuted copy
+        if b is None:
+            torch.mm(h, w.t(), out=logits[:, m])
+        else:
+            torch.addmm(b, h, w.t(), out=logits[:, m])
+    return logits
 
 
 def _kernel_loss(loss, students, teacher, mask, reduction, compute_grad, o):

@@ -156,8 +156,9 @@ def test_leading_dims_and_non_contiguous_hidden_states():
     _assert_same(p, chunk_size=5, reduction="none")
 
 
-def test_teachers_of_another_dtype():
-    p = Problem("proxy_dirichlet_kl", "stacked", dtype=torch.float32, teacher_dtype=torch.bfloat16)
+@pytest.mark.parametrize("form", ["logits", "pairs"])
+def test_teachers_of_another_dtype(form):
+    p = Problem("proxy_dirichlet_kl", form, dtype=torch.float32, teacher_dtype=torch.bfloat16)
     _assert_same(p, rtol=1e-5, atol=1e-6, chunk_size=3)
 
 
