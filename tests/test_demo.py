@@ -201,3 +201,45 @@ def test_end2_init_flag():
     assert parse_args(["--end2-init", "scratch"]).end2_init == "scratch"
     with pytest.raises(SystemExit):
         parse_args(["--end2-init", "warm"])
+
+
+def test_linear_losses_train_the_students_as_the_logit_path_does():
+    """--linear-losses: every student's loss and gradients through the fused linear losses (decoder states, output
+    layers, the teachers as LinearTeachers) equal the logit path's to rounding, and so do short training runs."""
+    import numpy as np
+    import torch
+    from edd_ext.demo.model import Seq2Seq
+    from edd_ext.demo.train import (METHODS, batches, linear_teachers, student_linear_loss, student_loss,
+                                    teacher_logits, train_students)
+
+    cfg, teachers, src, tgt = _tiny_setup()
+    torch.manual_seed(1)
+    students = {m: Seq2Seq(cfg, log_scale_head=METHODS[m][1]) for m in METHODS}
+    batch = next(batches(src, tgt, 8, 1, np.random.default_rng(0)))
+    logits = teacher_logits(teachers, batch.src, batch.prev)
+    stats = edd_ext.ensemble_stats(logits)
+    members = linear_teachers(teachers, batch.src, batch.prev)
+    for name, model in students.items():
+        params = list(model.parameters())
+        want = student_loss(name, model(batch.src, batch.prev), logits, stats, batch.mask)
+        want_grads = torch.autograd.grad(want, params, allow_unused=True)
+        got = student_linear_loss(name, model, batch, members)
+        got_grads = torch.autograd.grad(got, params, allow_unused=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for g, w in zip(got_grads, want_grads):
+            assert (g is None) == (w is None), name
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+    kw = dict(steps=4, batch_size=8, lr=1e-3, seed=0, progress=False)
+    runs = []
+    for linear in (False, True):
+        torch.manual_seed(1)
+        trained = {m: Seq2Seq(cfg, log_scale_head=METHODS[m][1]) for m in METHODS}
+        runs.append((trained, train_students(trained, teachers, src, tgt, linear=linear, **kw)))
+    (logit_models, logit_info), (linear_models, linear_info) = runs
+    for name in METHODS:
+        assert math.isclose(linear_info[name]["final_loss"], logit_info[name]["final_loss"], rel_tol=1e-5), name
+        # Adam divides by the gradient's size, so rounding in near-zero gradients moves a weight by up to ~lr
+        for (key, a), b in zip(logit_models[name].state_dict().items(), linear_models[name].state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=0, atol=kw["lr"], msg=lambda m: f"{name}.{key}: {m}")

@@ -81,6 +81,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--end2-init", choices=END2_INIT, default="EnD",
                    help="start of the EnD² student: the trained EnD student, then its own Dirichlet-NLL steps, or "
                         "a random initialisation, where it collapses to a flat Dirichlet (default: %(default)s)")
+    p.add_argument("--linear-losses", action="store_true",
+                   help="train the students through the fused linear losses (edd_ext.linear_*: decoder states and "
+                        "output layers, the teachers as edd_ext.LinearTeachers), without forming the [B, T, V] "
+                        "student or [B, T, M, V] teacher logits; the same results to rounding")
     p.add_argument("--bleu-tokenize", default="none", help="sacrebleu tokenizer; the text is pre-tokenised "
                                                            "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -174,7 +178,7 @@ def run(args: argparse.Namespace) -> Dict:
     student_info = train_students(students, teachers, src, tgt, steps=args.student_steps,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   logit_anchor=args.logit_anchor, end2_init=args.end2_init,
-                                  progress=progress)
+                                  progress=progress, linear=args.linear_losses)
     timings["students_s"] = time.perf_counter() - t0
     _log(f"[students] {timings['students_s']:.0f} s (teacher forward + ensemble_stats: "
          f"{next(iter(student_info.values()))['teacher_forward_s']:.0f} s); final losses: "

@@ -65,12 +65,27 @@ class Seq2Seq(nn.Module):
         memory = self.encoder(self._embed(src), src_key_padding_mask=src_pad)
         return memory, src_pad
 
-    def decode(self, memory: Tensor, src_pad: Tensor, prev: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """Decoder outputs for every prefix position of ``prev [B, T]`` (BOS first)."""
+    def decoder_states(self, memory: Tensor, src_pad: Tensor, prev: Tensor) -> Tensor:
+        """Final decoder states ``[B, T, d]`` for every prefix position of ``prev [B, T]`` (BOS first): the input of
+        the output layer(s)."""
         t = prev.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=prev.device).triu(1)
-        h = self.decoder(self._embed(prev), memory, tgt_mask=causal,
-                                     tgt_key_padding_mask=prev.eq(PAD), memory_key_padding_mask=src_pad)
+        return self.decoder(self._embed(prev), memory, tgt_mask=causal,
+                            tgt_key_padding_mask=prev.eq(PAD), memory_key_padding_mask=src_pad)
+
+    def output_layer(self) -> Tuple[Tensor, Tensor]:
+        """(weight ``[V, d]``, bias ``[V]``) of the output projection: logits = states @ weight.T + bias."""
+        return self.embed.weight, self.out_bias
+
+    def features(self, src: Tensor, prev: Tensor) -> Tensor:
+        """:meth:`decoder_states` of ``src [B, S]`` and ``prev [B, T]``: what :meth:`forward` computes before the
+        output layer(s), for the fused linear losses (``edd_ext.linear_*``)."""
+        memory, src_pad = self.encode(src)
+        return self.decoder_states(memory, src_pad, prev)
+
+    def decode(self, memory: Tensor, src_pad: Tensor, prev: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Decoder outputs for every prefix position of ``prev [B, T]`` (BOS first)."""
+        h = self.decoder_states(memory, src_pad, prev)
         logits = h @ self.embed.weight.t() + self.out_bias
         log_scale = self.log_scale(h) if self.log_scale is not None else None
         return logits, log_scale

@@ -21,6 +21,11 @@ is then trained with the Dirichlet NLL for the same number of steps, with a fres
 keeps Adam from taking the NLL's ~1e3x larger gradients at the EnD state's step sizes) at a third of the
 learning rate; its reported training time includes the EnD phase. ``end2_init="scratch"`` reproduces the
 collapse.
+
+With ``linear=True`` every student is trained through the fused linear losses (``edd_ext.linear_*``): the loss
+takes the student's last decoder states and its output layer(s), and the teachers as ``edd_ext.LinearTeachers``
+(their decoder states and output layers), so neither the ``[B, T, V]`` student logits nor the ``[B, T, M, V]``
+teacher logits are formed; the objectives, and so the results to rounding, are the same.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
+
+import edd_ext as E
 
 from . import _api
 from .corpus import BOS, EOS, PAD
@@ -140,6 +147,29 @@ def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_
     return loss
 
 
+def student_linear_loss(method: str, model: Seq2Seq, batch: "Batch", teachers: E.LinearTeachers,
+                        logit_anchor: float = 1.0) -> Tensor:
+    """:func:`student_loss` through the fused linear losses, from ``model``'s decoder states and output layer(s)
+    and the teachers' (:func:`linear_teachers`)."""
+    fn_name, has_scale = METHODS[method]
+    states = model.features(batch.src, batch.prev)
+    weight, bias = model.output_layer()
+    if not has_scale:
+        return getattr(E, "linear_" + fn_name)(states, weight, teachers, linear_bias=bias, mask=batch.mask)
+    loss = getattr(E, "linear_" + fn_name)(states, weight, model.log_scale.weight, teachers, loc_bias=bias,
+                                           log_scale_bias=model.log_scale.bias, mask=batch.mask)
+    loss = loss / weight.shape[0]
+    if logit_anchor:
+        loss = loss + logit_anchor * E.linear_ensemble_kl(states, weight, teachers, linear_bias=bias, mask=batch.mask)
+    return loss
+
+
+@torch.no_grad()
+def linear_teachers(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> E.LinearTeachers:
+    """The members as their decoder states ``[B, T, d]`` and output layers, one pair per member."""
+    return E.LinearTeachers.from_pairs([(t.features(src, prev), *t.output_layer()) for t in teachers])
+
+
 @torch.no_grad()
 def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: "Batch") -> None:
     """Start a logit-space student's biases at the teachers' per-class log-prob mean and spread."""
@@ -158,8 +188,8 @@ def teacher_logits(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> Te
 
 
 def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int, batch_size: int,
-            lr: float, rng: np.random.Generator, logit_anchor: float, desc: str,
-            progress: bool) -> Tuple[Dict[str, Dict[str, float]], float]:
+            lr: float, rng: np.random.Generator, logit_anchor: float, desc: str, progress: bool,
+            linear: bool = False) -> Tuple[Dict[str, Dict[str, float]], float]:
     """``steps`` optimiser steps for every student on the same batches; returns (per-student info, shared s)."""
     for model in students.values():
         model.train()
@@ -170,12 +200,18 @@ def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt,
                leave=False, dynamic_ncols=True)
     for i, b in enumerate(bar):
         t0 = time.perf_counter()
-        logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
-        stats = _api.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+        if linear:
+            members = linear_teachers(teachers, b.src, b.prev)
+        else:
+            logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
+            stats = _api.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()
-            loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask, logit_anchor)
+            if linear:
+                loss = student_linear_loss(name, model, b, members, logit_anchor)
+            else:
+                loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask, logit_anchor)
             _step(model, *opts[name], loss)
             value = loss.item()
             if not math.isfinite(value):
@@ -196,8 +232,9 @@ END2_INIT = ("EnD", "scratch")
 
 def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int,
                    batch_size: int, lr: float, seed: int, logit_anchor: float = 1.0, end2_init: str = "EnD",
-                   progress: bool = True) -> Dict[str, Dict[str, float]]:
-    """Distil the ensemble into every student; returns per-student time and final loss.
+                   progress: bool = True, linear: bool = False) -> Dict[str, Dict[str, float]]:
+    """Distil the ensemble into every student; returns per-student time and final loss. ``linear``: through the
+    fused linear losses (see the module docstring).
 
     With ``end2_init="EnD"`` the EnD² student starts from the trained EnD student (an EnD student is
     trained for it if ``students`` has none) and then gets ``steps`` Dirichlet-NLL steps of its own.
@@ -217,7 +254,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         first["EnD"].load_state_dict(students["EnD2"].state_dict())
     info, shared_s = _distil(first, teachers, src, tgt, steps=steps, batch_size=batch_size, lr=lr,
                              rng=np.random.default_rng([seed, 20]), logit_anchor=logit_anchor, desc="students",
-                             progress=progress)
+                             progress=progress, linear=linear)
     for v in info.values():
         v["teacher_forward_s"] = shared_s
     if warm_end2:
@@ -225,7 +262,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         end2.load_state_dict(first["EnD"].state_dict())
         end2_info, end2_shared = _distil({"EnD2": end2}, teachers, src, tgt, steps=steps, batch_size=batch_size,
                                          lr=lr / 3, rng=np.random.default_rng([seed, 22]), logit_anchor=logit_anchor,
-                                         desc="EnD2 from EnD", progress=progress)
+                                         desc="EnD2 from EnD", progress=progress, linear=linear)
         end2_info = end2_info["EnD2"]
         end2_info["train_s"] += info["EnD"]["train_s"]
         end2_info["teacher_forward_s"] = shared_s + end2_shared
