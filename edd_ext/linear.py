@@ -16,7 +16,8 @@ last hidden states and output layers, multiplied out one chunk at a time. Teache
 
 Memory: the backward keeps ``grad_input`` ``[*, D]`` and the parameter gradients (computed in the forward); a
 chunk takes about ``chunk_size x (M + 2) x V`` floats (``(M + 4) x V`` for the logit-space losses). The default
-``chunk_size`` (None) sizes a chunk to about 64 MiB from V, M and D (``edd_ext._linear_ops.auto_chunk_size``).
+``chunk_size`` (None) sizes a chunk to about 512 MiB from V, M and D, at most 1024 positions
+(``edd_ext._linear_ops.auto_chunk_size``; 694 positions at V = 32000, M = 4, D = 256).
 
 Masked positions (``mask`` False) contribute exactly 0 and get exactly 0 gradient whatever their hidden states
 hold, NaN included. On CPU they are not computed at all (each chunk gathers unmasked positions by index); on
