@@ -225,7 +225,8 @@ def main(argv=None):
     text = table(results, skipped)
     print(text)
     if args.write:
-        cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + (argv if argv is not None else sys.argv[1:]))
+        given = argv if argv is not None else sys.argv[1:]
+        cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + given)
         chunk = args.chunk_size or f"automatic ({E._linear_ops.auto_chunk_size(32000, M, D)} at V = 32000, " \
                                    f"{E._linear_ops.auto_chunk_size(128000, M, D)} at V = 128000)"
         with open(os.path.join(common.HERE, "RESULTS.md"), "a") as f:

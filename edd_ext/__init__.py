@@ -4,6 +4,7 @@ See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyT
 """
 from . import amalgamation, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
+from ._version import __version__  # noqa: F401  (the version, single-sourced)
 from .linear import (
     linear_dirichlet_nll,
     linear_ensemble_kl,
@@ -14,8 +15,6 @@ from .linear import (
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
 from .types import DirichletUncertainty, EnsembleStats, LinearTeachers, Uncertainty
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ensemble_stats",

@@ -8,7 +8,7 @@ logits are formed, run through the loss's fused kernel (loss and logit gradient 
 into the chunk's share of the parameter gradients, so at no time is more than a chunk of logits alive, in the
 forward or the backward (the calling convention of ``torch.nn.functional.linear_cross_entropy``; the method of
 Liger-Kernel's fused linear losses and Cut Cross-Entropy). The op and its autograd are in
-``edd_ext._linear_ops``.
+``edd_ext._ops.linear``.
 
 The teacher is what the logit-level loss takes (``[*, M, V]`` logits, or an :class:`~edd_ext.EnsembleStats` for
 the categorical and Dirichlet losses), or ``E.LinearTeachers(input, linear_weight, linear_bias)``: the teachers'
@@ -17,7 +17,7 @@ last hidden states and output layers, multiplied out one chunk at a time. Teache
 Memory: the backward keeps ``grad_input`` ``[*, D]`` and the parameter gradients (computed in the forward); a
 chunk takes about ``chunk_size x (M + 2) x V`` floats (``(M + 4) x V`` for the logit-space losses). The default
 ``chunk_size`` (None) sizes a chunk to about 512 MiB from V, M and D, at most 1024 positions
-(``edd_ext._linear_ops.auto_chunk_size``; 694 positions at V = 32000, M = 4, D = 256).
+(``edd_ext._ops.linear.auto_chunk_size``; 694 positions at V = 32000, M = 4, D = 256).
 
 Masked positions (``mask`` False) contribute exactly 0 and get exactly 0 gradient whatever their hidden states
 hold, NaN included. On CPU they are not computed at all (each chunk gathers unmasked positions by index); on
@@ -30,20 +30,12 @@ count on the host (a device synchronisation). No function here synchronises with
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
-import torch
 from torch import Tensor
 
-from . import _linear_ops
-from ._reduction import check_mask, check_reduction
-from ._validation import (
-    check_chunk_size,
-    check_choice,
-    check_linear,
-    check_linear_teachers,
-)
-from .reference import _check_logit_inputs, _check_number, _check_teacher
+from . import _validation as V
+from ._ops import linear as _op
 from .types import EnsembleStats, LinearTeachers
 
 __all__ = [
@@ -63,37 +55,11 @@ def _stand_in(input: Tensor, vocab: int) -> Tensor:
     return input.new_zeros(()).expand(*input.shape[:-1], vocab)
 
 
-def check_options(loss: str, *, chunk_size: Optional[int], reduction: str, **options) -> None:
-    """The keywords of ``linear_<loss>``: ``chunk_size`` and the logit-level function's (the same checks)."""
-    check_chunk_size(chunk_size)
-    check_reduction(reduction)
-    if "model_offset" in options:
-        _check_number("model_offset", options["model_offset"], minimum=0.0)
-    if loss == "proxy_dirichlet_kl":
-        check_choice("direction", options["direction"], ("reverse", "forward"))
-        check_choice("precision", options["precision"], ("mkl", "epkl"))
-        _check_number("target_offset", options["target_offset"], minimum=0.0)
-        _check_number("eps", options["eps"], minimum=0.0, strict=True)
-        if options["max_precision"] is not None:
-            _check_number("max_precision", options["max_precision"], minimum=0.0, strict=True)
-        if not isinstance(options["reference_code_compat"], bool):
-            raise ValueError(f"reference_code_compat: expected a bool, got {options['reference_code_compat']!r}")
-        if options["reference_code_compat"] and options["direction"] != "reverse":
-            raise ValueError(
-                f"reference_code_compat: the released code's objective exists for direction='reverse' only, "
-                f"got direction={options['direction']!r}"
-            )
-    if "teacher_norm" in options:
-        check_choice("teacher_norm", options["teacher_norm"], ("log_softmax", "center", "none"))
-        _check_number("temperature", options["temperature"], minimum=0.0, strict=True)
-        _check_number("min_scale", options["min_scale"], minimum=0.0)
-
-
 def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: LinearTeacher,
             chunk_size: Optional[int], mask: Optional[Tensor], reduction: str, **options) -> Tensor:
     """Check, flatten the positions ``[*]`` to ``[N]``, run the op, restore ``[*]`` for ``reduction="none"``."""
-    check_options(loss, chunk_size=chunk_size, reduction=reduction, **options)
-    check_linear(input, weights, biases)
+    V.check_linear_options(loss, chunk_size=chunk_size, reduction=reduction, **options)
+    V.check_linear(input, weights, biases)
     first_weight = next(iter(weights))
     weight_list, bias_list = list(weights.values()), list(biases.values())
     batch, width = input.shape[:-1], input.shape[-1]
@@ -101,8 +67,8 @@ def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: Line
     logit_loss = len(weights) == 2
     teacher_args = {}
     if isinstance(teacher, LinearTeachers):
-        check_linear_teachers(teacher, batch, vocab, input.device, first_weight)
-        check_mask(mask, batch, input.device)
+        V.check_linear_teachers(teacher, batch, vocab, input.device, first_weight)
+        V.check_mask(mask, batch, input.device)
         hidden, weight, bias = teacher
         if isinstance(hidden, Tensor):
             hidden, weight, bias = [hidden.reshape(-1, *hidden.shape[-2:])], [weight], [bias]
@@ -111,18 +77,16 @@ def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: Line
             bias = [None] * len(hidden) if bias is None else list(bias)
         teacher_args = dict(teacher_inputs=hidden, teacher_weights=list(weight), teacher_biases=bias)
     elif logit_loss:
-        stand_in = _stand_in(input, vocab)
-        _check_logit_inputs(stand_in, stand_in, teacher, options["teacher_norm"], options["temperature"],
-                            options["min_scale"], mask, reduction)
+        V.check_logit_teacher(_stand_in(input, vocab), teacher, mask)
         teacher_args = dict(teacher_logits=teacher.reshape(-1, *teacher.shape[-2:]))
     else:
-        _check_teacher(f"input @ {first_weight}.T", _stand_in(input, vocab), teacher, mask)
+        V.check_teacher(f"input @ {first_weight}.T", _stand_in(input, vocab), teacher, mask)
         if isinstance(teacher, EnsembleStats):
             fields = [getattr(teacher, f) for f in EnsembleStats._fields[:-1]]
             teacher_args = dict(teacher_stats=[t.reshape(-1, *t.shape[len(batch):]) for t in fields])
         else:
             teacher_args = dict(teacher_logits=teacher.reshape(-1, *teacher.shape[-2:]))
-    out = _linear_ops.linear_loss(
+    out = _op.linear_loss(
         loss, input.reshape(-1, width), weight_list, bias_list, mask=None if mask is None else mask.reshape(-1),
         reduction=reduction, chunk_size=chunk_size, **teacher_args, **options,
     )

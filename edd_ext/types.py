@@ -89,7 +89,7 @@ class LinearTeachers(NamedTuple):
     linear_bias: Union[Tensor, Sequence[Optional[Tensor]], None] = None
 
     @classmethod
-    def from_pairs(cls, members: Sequence[Tuple[Tensor, ...]]) -> "LinearTeachers":
+    def from_pairs(cls, members: Sequence[Tuple[Tensor, ...]]) -> LinearTeachers:
         """The per-member form from M tuples ``(input [*, D_m], linear_weight [V, D_m])`` or
         ``(input, linear_weight, linear_bias [V] | None)``."""
         members = [tuple(m) for m in members]

@@ -26,7 +26,7 @@ def test_ops_registered_for_cpu():
 
 def test_fallback_to_reference_warns_once(monkeypatch):
     monkeypatch.setattr(_ops, "_C", None)
-    monkeypatch.setattr(_ops, "_warned", False)
+    monkeypatch.setattr(_ops, "_warned", set())
     x = torch.randn(3, 4, 9, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="reference"):
         got = edd_ext.ensemble_stats(x)
@@ -35,3 +35,28 @@ def test_fallback_to_reference_warns_once(monkeypatch):
         edd_ext.ensemble_stats(x)
     want = reference.ensemble_stats(x)
     torch.testing.assert_close(got.mutual_information, want.mutual_information)
+
+
+def _meta_calls():
+    u = torch.randn(2, 3, 4, 7, device="meta")
+    z = torch.randn(2, 3, 7, device="meta")
+    yield "ensemble_stats", lambda: edd_ext.ensemble_stats(u).mean_probs, (2, 3, 7)
+    yield "uncertainty.ensemble", lambda: edd_ext.uncertainty.ensemble(u).total, (2, 3)
+    yield "dirichlet_nll", lambda: edd_ext.dirichlet_nll(z, u, reduction="none"), (2, 3)
+    yield "proxy_dirichlet_kl", lambda: edd_ext.proxy_dirichlet_kl(z, u, reduction="none"), (2, 3)
+    yield "ensemble_kl", lambda: edd_ext.ensemble_kl(z, u, reduction="none"), (2, 3)
+    yield "logit_gaussian_nll", lambda: edd_ext.logit_gaussian_nll(z, z, u, reduction="none"), (2, 3)
+    yield "uncertainty.dirichlet", lambda: edd_ext.uncertainty.dirichlet(z).epkl, (2, 3)
+
+
+@pytest.mark.parametrize("name, call, shape", list(_meta_calls()), ids=[c[0] for c in _meta_calls()])
+def test_a_device_without_kernels_falls_back_to_the_reference_with_one_warning(monkeypatch, name, call, shape):
+    """One rule for every op: tensors on a device type the build has no kernels for (here "meta") are
+    computed by the reference, with a warning that names the reason, once."""
+    monkeypatch.setattr(_ops, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="no kernels for device type 'meta'"):
+        out = call()
+    assert out.device.type == "meta" and tuple(out.shape) == shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call()

@@ -149,6 +149,7 @@ def test_quick_preset_and_overrides():
 
 def _tiny_setup():
     import torch
+
     from edd_ext.demo.model import ModelConfig, Seq2Seq
 
     corpus = demo_corpus.toy_corpus(vocab=60, train_size=64, test_size=4, seed=2, max_len=5)
@@ -163,6 +164,7 @@ def _tiny_setup():
 
 def test_end2_student_starts_from_the_end_student():
     import torch
+
     from edd_ext.demo.model import Seq2Seq
     from edd_ext.demo.train import train_students
 
@@ -203,14 +205,68 @@ def test_end2_init_flag():
         parse_args(["--end2-init", "warm"])
 
 
+def _nan_like_loss(*args, **kwargs):
+    """A loss that "works" but returns garbage: NaN, still attached to the student's graph."""
+    student = args[0]
+    return student.sum() * float("nan")
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("broken on purpose")
+
+
+@pytest.mark.parametrize("name, broken, error", [
+    ("proxy_dirichlet_kl", _raise, RuntimeError),
+    ("proxy_dirichlet_kl", _nan_like_loss, FloatingPointError),
+    ("logit_laplace_nll", _nan_like_loss, FloatingPointError),
+])
+def test_demo_fails_loudly_when_a_fused_loss_breaks(monkeypatch, tmp_path, name, broken, error):
+    """The demo calls the public API directly: a loss that raises or returns NaN stops it, never a fallback."""
+    import edd_ext as E
+    from edd_ext.demo.__main__ import run
+
+    monkeypatch.setattr(E, name, broken)
+    method = {"proxy_dirichlet_kl": "Proxy-Dirichlet", "logit_laplace_nll": "Logit-Laplace"}[name]
+    args = parse_args(TINY + ["--methods", method, "--teacher-steps", "2", "--output-dir", str(tmp_path)])
+    with pytest.raises(error):
+        run(args)
+
+
+def test_demo_fails_loudly_when_an_uncertainty_measure_breaks(monkeypatch, tmp_path):
+    import torch
+
+    import edd_ext as E
+    from edd_ext.demo.__main__ import run
+
+    real = E.uncertainty.ensemble
+
+    def nan_measures(*args, **kwargs):
+        u = real(*args, **kwargs)
+        return u._replace(mutual_information=torch.full_like(u.mutual_information, float("nan")))
+
+    monkeypatch.setattr(E.uncertainty, "ensemble", nan_measures)
+    args = parse_args(TINY + ["--methods", "EnD", "--teacher-steps", "2", "--student-steps", "2",
+                              "--output-dir", str(tmp_path)])
+    with pytest.raises(FloatingPointError, match="MI"):
+        run(args)
+
+
 def test_linear_losses_train_the_students_as_the_logit_path_does():
     """--linear-losses: every student's loss and gradients through the fused linear losses (decoder states, output
     layers, the teachers as LinearTeachers) equal the logit path's to rounding, and so do short training runs."""
     import numpy as np
     import torch
+
     from edd_ext.demo.model import Seq2Seq
-    from edd_ext.demo.train import (METHODS, batches, linear_teachers, student_linear_loss, student_loss,
-                                    teacher_logits, train_students)
+    from edd_ext.demo.train import (
+        METHODS,
+        batches,
+        linear_teachers,
+        student_linear_loss,
+        student_loss,
+        teacher_logits,
+        train_students,
+    )
 
     cfg, teachers, src, tgt = _tiny_setup()
     torch.manual_seed(1)
@@ -229,7 +285,7 @@ def test_linear_losses_train_the_students_as_the_logit_path_does():
         for g, w in zip(got_grads, want_grads):
             assert (g is None) == (w is None), name
             if g is not None:
-                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
     kw = dict(steps=4, batch_size=8, lr=1e-3, seed=0, progress=False)
     runs = []
@@ -242,4 +298,4 @@ def test_linear_losses_train_the_students_as_the_logit_path_does():
         assert math.isclose(linear_info[name]["final_loss"], logit_info[name]["final_loss"], rel_tol=1e-5), name
         # Adam divides by the gradient's size, so rounding in near-zero gradients moves a weight by up to ~lr
         for (key, a), b in zip(logit_models[name].state_dict().items(), linear_models[name].state_dict().values()):
-            torch.testing.assert_close(b, a, rtol=0, atol=kw["lr"], msg=lambda m: f"{name}.{key}: {m}")
+            torch.testing.assert_close(b, a, rtol=0, atol=kw["lr"], msg=lambda m, what=f"{name}.{key}": f"{what}: {m}")

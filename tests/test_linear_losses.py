@@ -6,13 +6,14 @@ float16 / bfloat16 against float64 with the loss tests' tolerance rule; the refe
 nn.Module forms; opcheck and torch.compile(fullgraph=True)."""
 import math
 
+import _loss_oracles as O
 import pytest
 import torch
 import torch.nn.functional as F
 
-import _loss_oracles as O
 import edd_ext as E
-from edd_ext import _linear_ops, _ops, reference
+from edd_ext import _ops, reference
+from edd_ext._ops import linear as _linear_ops
 from edd_ext.types import EnsembleStats, LinearTeachers
 
 LOSSES = ("dirichlet_nll", "proxy_dirichlet_kl", "ensemble_kl", "logit_gaussian_nll", "logit_laplace_nll")
@@ -44,7 +45,8 @@ class Problem:
         if form == "pairs":
             hidden = [O.randn(*lead, w, seed=seed + 10 + m, dtype=teacher_dtype) for m, w in enumerate(WIDTHS)]
             weight = [O.randn(V, w, seed=seed + 20 + m, dtype=teacher_dtype) for m, w in enumerate(WIDTHS)]
-            bias = [O.randn(V, seed=seed + 30, dtype=teacher_dtype), None, O.randn(V, seed=seed + 31, dtype=teacher_dtype)]
+            bias = [O.randn(V, seed=seed + 30 + m, dtype=teacher_dtype) for m in range(len(WIDTHS))]
+            bias[1] = None
             self.teacher = LinearTeachers.from_pairs(list(zip(hidden, weight, bias)))
             self.logits = torch.stack([F.linear(h, w, b) for h, w, b in zip(hidden, weight, bias)], dim=-2)
         else:
@@ -94,9 +96,9 @@ def _value_and_grads(fn, leaves, weight=None):
 def _assert_same(problem, rtol=1e-10, atol=1e-12, weight=None, **kw):
     got = _value_and_grads(lambda ls: problem.fused(ls, **kw), problem.leaves(), weight)
     want = _value_and_grads(lambda ls: problem.unfused(ls, **kw), problem.leaves(), weight)
-    names = ["loss", "input", "weight(s) and bias(es)"]
-    for i, (g, w) in enumerate(zip([got[0], *got[1]], [want[0], *want[1]])):
-        torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=lambda m: f"{names[min(i, 2)]} [{i}]: {m}")
+    names = ["loss", "grad input"] + [f"grad parameter {i}" for i in range(len(got[1]) - 1)]
+    for name, g, w in zip(names, [got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
     return got
 
 
@@ -254,8 +256,10 @@ def test_falls_back_to_the_reference_without_the_extension(loss, form, monkeypat
     p = Problem(loss, form)
     mask = torch.tensor([[True, True, False, True], [False, True, True, True]])
     fused = _value_and_grads(lambda ls: p.fused(ls, mask=mask, chunk_size=3, reduction="none"), p.leaves())
-    monkeypatch.setattr(_ops, "use_extension", lambda: False)
-    fallback = _value_and_grads(lambda ls: p.fused(ls, mask=mask, chunk_size=3, reduction="none"), p.leaves())
+    monkeypatch.setattr(_ops, "_C", None)
+    monkeypatch.setattr(_ops, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="plain-PyTorch reference"):
+        fallback = _value_and_grads(lambda ls: p.fused(ls, mask=mask, chunk_size=3, reduction="none"), p.leaves())
     for g, w in zip([fallback[0], *fallback[1]], [fused[0], *fused[1]]):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
 
@@ -298,7 +302,8 @@ H, WT = torch.zeros(2, 3, 6), torch.zeros(3, 5, 6)
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: E.linear_ensemble_kl(X, torch.zeros(5, 3), U), r"linear_weight: expected \[V, D\] with D = 4.*\(2, 4\).*\(5, 3\)"),
+        (lambda: E.linear_ensemble_kl(X, torch.zeros(5, 3), U),
+         r"linear_weight: expected \[V, D\] with D = 4.*\(2, 4\).*\(5, 3\)"),
         (lambda: E.linear_ensemble_kl(X, torch.zeros(5, 4, 1), U), r"linear_weight: expected a \[V, D\]"),
         (lambda: E.linear_ensemble_kl(X, W, U, linear_bias=torch.zeros(4)), r"linear_bias: expected shape \(5,\)"),
         (lambda: E.linear_ensemble_kl(X, W.double(), U), r"linear_weight: expected the dtype of input"),
@@ -321,8 +326,10 @@ H, WT = torch.zeros(2, 3, 6), torch.zeros(3, 5, 6)
          r"teacher\[0\].linear_weight: expected \[V, D_m\] with V = 5"),
         (lambda: E.linear_dirichlet_nll(X, W, LinearTeachers([torch.zeros(2, 3)], [])), "one linear_weight"),
         (lambda: LinearTeachers.from_pairs([(X,)]), r"members\[0\]"),
-        (lambda: E.linear_dirichlet_nll(X, W, LinearTeachers(H, WT.double())), "teacher.linear_weight: expected the dtype"),
-        (lambda: E.linear_dirichlet_nll(X, W, LinearTeachers(H, WT.to("meta"))), "teacher.linear_weight: expected device"),
+        (lambda: E.linear_dirichlet_nll(X, W, LinearTeachers(H, WT.double())),
+         "teacher.linear_weight: expected the dtype"),
+        (lambda: E.linear_dirichlet_nll(X, W, LinearTeachers(H, WT.to("meta"))),
+         "teacher.linear_weight: expected device"),
         (lambda: E.linear_dirichlet_nll(X, W, U, chunk_size=0), r"chunk_size: expected None or an int >= 1"),
         (lambda: E.linear_dirichlet_nll(X, W, U, chunk_size=-2), "chunk_size"),
         (lambda: E.linear_dirichlet_nll(X, W, U, chunk_size=2.0), "chunk_size"),
@@ -331,7 +338,8 @@ H, WT = torch.zeros(2, 3, 6), torch.zeros(3, 5, 6)
         (lambda: E.linear_dirichlet_nll(X, W, LinearTeachers(H, WT), mask=torch.ones(2)), "mask: expected dtype"),
         (lambda: E.linear_proxy_dirichlet_kl(X, W, U, direction="both"), "direction"),
         (lambda: E.linear_dirichlet_nll(X, W, U, reduction="avg"), "reduction"),
-        (lambda: E.linear_logit_gaussian_nll(X, W, torch.zeros(6, 4), U), r"log_scale_weight: expected \[V, D\] with V = 5"),
+        (lambda: E.linear_logit_gaussian_nll(X, W, torch.zeros(6, 4), U),
+         r"log_scale_weight: expected \[V, D\] with V = 5"),
         (lambda: E.linear_logit_gaussian_nll(X, W, W, E.ensemble_stats(U)), r"teacher_logits: .*EnsembleStats"),
         (lambda: E.linear_logit_laplace_nll(X, W, W, U, min_scale=-1.0), "min_scale"),
         (lambda: E.linear_logit_laplace_nll(X, W, W, LinearTeachers(H, WT), teacher_norm="z"), "teacher_norm"),

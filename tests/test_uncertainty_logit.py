@@ -4,7 +4,6 @@ plain-PyTorch sampler in edd_ext.reference; determinism, common-noise invariance
 dtypes, extremes, errors, opcheck and torch.compile."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -6,8 +6,8 @@ logit Gaussian, logit Laplace) with the library's losses, and evaluates BLEU, pr
 out-of-distribution detection for the ensemble, a single model and every student.
 
 Modules: ``corpus`` (data), ``model`` (the transformer), ``train`` (teachers and students), ``decode``
-(greedy decoding and uncertainty scoring), ``evaluate`` (metrics), ``report`` (table, JSON, figure),
-``_api`` (the one binding to library functions).
+(greedy decoding and uncertainty scoring), ``evaluate`` (metrics), ``report`` (table, JSON, figure).
+Every library call goes through the public ``edd_ext`` API.
 """
 from typing import List, Optional
 

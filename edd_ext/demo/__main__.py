@@ -11,7 +11,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import _api
+import edd_ext as E
+
 from .corpus import Corpus, add_ood_files, file_corpus, toy_corpus
 from .decode import DirichletSystem, EnsembleSystem, LogitSystem, System
 from .evaluate import evaluate_system, sample_translations
@@ -139,7 +140,6 @@ def run(args: argparse.Namespace) -> Dict:
     progress = not args.no_progress
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = _api.resolve_all()
     timings: Dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> Dict:
         "corpus": corpus.description,
         "vocab_size": len(d),
         "model": asdict(cfg),
-        "api_sources": sources,
+        "extension": {"compiled": E.has_extension(), "cuda": E.cuda_built()},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
         "timings": timings,

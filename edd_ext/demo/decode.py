@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import _api
+import edd_ext as E
+from edd_ext.uncertainty import sequence
+
 from .corpus import BOS, EOS, PAD, UNK
 from .model import Seq2Seq
 from .train import pad
@@ -45,7 +47,12 @@ def _chunked(fn: Callable[..., Dict[str, Tensor]], *tensors: Tensor, per_row: in
 
 
 def _fields(u) -> Dict[str, Tensor]:
-    return {short: getattr(u, name) for short, name in _FIELDS}
+    """The five token measures by their short names; a non-finite value is an error, never a score."""
+    fields = {short: getattr(u, name) for short, name in _FIELDS}
+    for short, value in fields.items():
+        if not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(f"non-finite {short} token uncertainty from the library")
+    return fields
 
 
 class System:
@@ -92,7 +99,7 @@ class EnsembleSystem(System):
         logits = out[0]
 
         def fn(u, y, chunk):
-            res = _fields(_api.ensemble_uncertainty(u))
+            res = _fields(E.uncertainty.ensemble(u))
             index = y[:, None, None].expand(-1, u.shape[-2], 1)
             res["logp"] = torch.log_softmax(u.float(), -1).gather(-1, index)[..., 0]  # [N, M]
             return res
@@ -112,7 +119,7 @@ class DirichletSystem(System):
 
     def token_measures(self, out, tokens):
         def fn(z, y, chunk):
-            res = _fields(_api.dirichlet_uncertainty(z))
+            res = _fields(E.uncertainty.dirichlet(z))
             res["logp"] = self.log_probs((z,)).gather(-1, y[:, None])
             return res
 
@@ -130,8 +137,8 @@ class LogitSystem(System):
 
     def token_measures(self, out, tokens):
         def fn(loc, log_scale, y, chunk):
-            u = _api.logit_distribution_uncertainty(loc, log_scale, family=self.family,
-                                                    num_samples=self.num_samples, seed=self.seed + chunk)
+            u = E.uncertainty.logit_distribution(loc, log_scale, family=self.family,
+                                                 num_samples=self.num_samples, seed=self.seed + chunk)
             res = _fields(u)
             res["logp"] = torch.log_softmax(loc.float(), -1).gather(-1, y[:, None])
             return res
@@ -173,12 +180,12 @@ def score(system: System, src: Tensor, hyp: Tensor) -> Dict[str, Tensor]:
             logp = tokens["logp"]  # [N, M]
             padded = torch.zeros(*hyp.shape, logp.shape[-1])
             padded[mask] = logp
-            fn = _api.product_of_expectations if name == "PE" else _api.expectation_of_products
+            fn = sequence.product_of_expectations if name == "PE" else sequence.expectation_of_products
             seq[name] = fn(padded.transpose(1, 2), mask)  # [B, M, L] -> [B]
         else:
             padded = torch.zeros(hyp.shape)
             padded[mask] = tokens[name]
-            seq[name] = _api.chain_rule_average(padded, mask)
+            seq[name] = sequence.chain_rule_average(padded, mask)
     return seq
 
 

@@ -9,7 +9,8 @@ from typing import Dict, List
 import numpy as np
 import sacrebleu
 
-from . import _api
+from edd_ext import metrics
+
 from .corpus import Corpus
 from .decode import System, decode_set
 
@@ -29,10 +30,10 @@ def evaluate_system(system: System, corpus: Corpus, *, batch_size: int, max_len:
     hyp_text = [" ".join(d.decode(h)) for h in hyps]
     ref_text = [" ".join(t) for t in corpus.test_tgt]
     bleu = sacrebleu.corpus_bleu(hyp_text, [ref_text], tokenize=bleu_tokenize).score
-    errors = _api.sentence_error_from_bleu(hyp_text, ref_text, tokenize=bleu_tokenize)
+    errors = metrics.sentence_error_from_bleu(hyp_text, ref_text, tokenize=bleu_tokenize)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-equal errors give nan; reported as 0 below
-        prr = {m: _finite(_api.prediction_rejection_ratio(id_scores[m].numpy(), errors)) for m in system.measures}
+        prr = {m: _finite(metrics.prediction_rejection_ratio(id_scores[m].numpy(), errors)) for m in system.measures}
     auroc: Dict[str, Dict[str, float]] = {m: {} for m in system.measures}
     ood_scores = {}
     for name, sentences in corpus.ood_src.items():
@@ -42,7 +43,7 @@ def evaluate_system(system: System, corpus: Corpus, *, batch_size: int, max_len:
         seconds += t
         ood_scores[name] = {m: v.numpy() for m, v in scores.items()}
         for m in system.measures:
-            auroc[m][name] = _api.auroc(id_scores[m].numpy(), scores[m].numpy())
+            auroc[m][name] = metrics.auroc(id_scores[m].numpy(), scores[m].numpy())
     return {
         "bleu": float(bleu),
         "decode_s": seconds,

@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import _api
+from edd_ext import metrics
+
 from .decode import MEASURES
 
 #: Measure whose per-OOD-set AUROC the third printed table shows (knowledge uncertainty).
@@ -132,7 +133,7 @@ def write_figure(path: Path, results: Dict[str, Dict], ood_sets: Sequence[str], 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # PRR is undefined when every error is equal
         for s in systems:
-            c = _api.rejection_curve(results[s]["scores"]["test"]["PE"], results[s]["errors"])
+            c = metrics.rejection_curve(results[s]["scores"]["test"]["PE"], results[s]["errors"])
             prr = "n/a" if not np.isfinite(c.prr) else f"{c.prr:.0f}"
             ax.plot(c.fraction_rejected, c.uncertainty, label=f"{s} (PRR {prr})")
     ax.set_xlabel("fraction rejected (most uncertain first, by PE)")

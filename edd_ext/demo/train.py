@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 
 import edd_ext as E
 
-from . import _api
 from .corpus import BOS, EOS, PAD
 from .model import Seq2Seq
 
@@ -140,14 +139,14 @@ def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_
     fn_name, _ = METHODS[method]
     loc, log_scale = outputs
     if log_scale is None:
-        return getattr(_api, fn_name)(loc, stats, mask=mask)
-    loss = getattr(_api, fn_name)(loc, log_scale, teacher_logits, mask=mask) / loc.shape[-1]
+        return getattr(E, fn_name)(loc, stats, mask=mask)
+    loss = getattr(E, fn_name)(loc, log_scale, teacher_logits, mask=mask) / loc.shape[-1]
     if logit_anchor:
-        loss = loss + logit_anchor * _api.ensemble_kl(loc, stats, mask=mask)
+        loss = loss + logit_anchor * E.ensemble_kl(loc, stats, mask=mask)
     return loss
 
 
-def student_linear_loss(method: str, model: Seq2Seq, batch: "Batch", teachers: E.LinearTeachers,
+def student_linear_loss(method: str, model: Seq2Seq, batch: Batch, teachers: E.LinearTeachers,
                         logit_anchor: float = 1.0) -> Tensor:
     """:func:`student_loss` through the fused linear losses, from ``model``'s decoder states and output layer(s)
     and the teachers' (:func:`linear_teachers`)."""
@@ -171,7 +170,7 @@ def linear_teachers(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> E
 
 
 @torch.no_grad()
-def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: "Batch") -> None:
+def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: Batch) -> None:
     """Start a logit-space student's biases at the teachers' per-class log-prob mean and spread."""
     x = torch.log_softmax(teacher_logits(teachers, batch.src, batch.prev).float(), -1)[batch.mask]  # [N, M, V]
     mean = x.mean(1)
@@ -204,7 +203,7 @@ def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt,
             members = linear_teachers(teachers, b.src, b.prev)
         else:
             logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
-            stats = _api.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+            stats = E.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()

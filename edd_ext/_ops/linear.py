@@ -24,9 +24,10 @@ gathered by index (finding them is a host operation there, so it costs no device
 devices the chunks are consecutive positions, whose masked rows are zeroed before the matmul and skipped by the
 kernel (loss and gradient exactly 0 whatever they hold): finding the unmasked ones would synchronise.
 
-Where the compiled kernels do not serve the device (no build, or a device without kernels), the per-chunk loss is
-``edd_ext.reference``'s, differentiated with ``torch.func.vjp`` (the op runs below autograd, so
-``torch.autograd.grad`` does not see its tensors); the chunking and memory are the same.
+Where the compiled kernels do not serve the device (no build, or a device without kernels: the one fallback rule,
+``edd_ext._ops.fused``), the per-chunk loss is ``edd_ext.reference``'s, differentiated with ``torch.func.vjp``
+(the op runs below autograd, so ``torch.autograd.grad`` does not see its tensors); the chunking and memory are the
+same.
 
 The gradients are first order: the saved gradients are constants of the backward graph.
 """
@@ -39,9 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from . import losses as _losses
-from . import reference
-from .types import EnsembleStats
+from .. import reference
+from ..types import EnsembleStats
+from . import fused
 
 __all__ = ["linear_loss", "auto_chunk_size", "LOSSES", "OPTIONS"]
 
@@ -225,8 +226,7 @@ def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, 
                    if compute_grad and weight_grad and b is not None else None for b in biases]
     if grad_loss is not None and mask is not None:  # a masked position's incoming gradient may be anything
         grad_loss = torch.where(mask, grad_loss, grad_loss.new_zeros(()))
-    fused = _losses._fused(input.device)
-    chunk_loss = _kernel_loss if fused else _reference_loss
+    chunk_loss = _kernel_loss if fused(input) else _reference_loss
     for rows, chunk_mask in _chunks(n, chunk_size, mask):
         x = _take(input, rows)
         if chunk_mask is not None:  # keep what masked rows hold (NaN included) out of grad_W
