@@ -219,7 +219,10 @@ def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, 
     compute_grad = (input_grad or weight_grad) and (not per_position or grad_loss is not None)
     acc_dtype = torch.promote_types(input.dtype, torch.float32)
     total = input.new_zeros(n if per_position else (), dtype=loss_dtype)
-    grad_input = torch.zeros_like(input) if compute_grad and input_grad else None
+    grad_input = None
+    if compute_grad and input_grad:  # rows of masked positions are written only where chunks are consecutive
+        gathers = mask is not None and _gathers_rows(mask.device)
+        grad_input = torch.zeros_like(input) if gathers else torch.empty_like(input)
     grad_weights = [torch.zeros(w.shape, dtype=acc_dtype, device=w.device) if compute_grad and weight_grad else None
                     for w in weights]
     grad_biases = [torch.zeros(b.shape, dtype=acc_dtype, device=b.device)
