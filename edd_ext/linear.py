@@ -34,6 +34,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
+from . import _signatures as S
 from . import _validation as V
 from ._ops import linear as _op
 from .types import EnsembleStats, LinearTeachers
@@ -93,143 +94,39 @@ def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: Line
     return out.reshape(batch) if reduction == "none" else out
 
 
-def linear_dirichlet_nll(
-    input: Tensor,
-    linear_weight: Tensor,
-    teacher: LinearTeacher,
-    *,
-    linear_bias: Optional[Tensor] = None,
-    chunk_size: Optional[int] = None,
-    model_offset: float = 1.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """:func:`edd_ext.dirichlet_nll` of ``F.linear(input, linear_weight, linear_bias)``, fused and chunked
-    (EnD^2, SPEC sections 2.1 and 2.5).
-
-    Shape:
-        input: ``[*, D]``; linear_weight: ``[V, D]``; linear_bias: ``[V]``; teacher: ``[*, M, V]`` logits, an
-        :class:`~edd_ext.EnsembleStats` (uses ``mean_log_probs``) or :class:`~edd_ext.LinearTeachers`;
-        mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    return _linear("dirichlet_nll", input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias}, teacher,
-                   chunk_size, mask, reduction, model_offset=model_offset)
+_NOTE = """
+    Implementation: one custom op (``torch.ops.edd_ext.linear_loss``, in ``edd_ext._ops.linear``) runs the chunks,
+    each through the loss's fused kernel; devices the loaded build has no kernels for use :mod:`edd_ext.reference`
+    per chunk (with a warning).
+"""
 
 
-def linear_proxy_dirichlet_kl(
-    input: Tensor,
-    linear_weight: Tensor,
-    teacher: LinearTeacher,
-    *,
-    linear_bias: Optional[Tensor] = None,
-    chunk_size: Optional[int] = None,
-    direction: str = "reverse",
-    precision: str = "mkl",
-    model_offset: float = 1.0,
-    target_offset: float = 1.0,
-    eps: float = 1.1920929e-7,
-    max_precision: Optional[float] = None,
-    reference_code_compat: bool = False,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """:func:`edd_ext.proxy_dirichlet_kl` of ``F.linear(input, linear_weight, linear_bias)``, fused and chunked
-    (SPEC sections 2.2 and 2.5); the keywords are those of :func:`edd_ext.proxy_dirichlet_kl`.
+def _distribution_form(loss: str):
+    """``linear_<loss>`` for a loss of one ``[*, V]`` student tensor (the categorical and Dirichlet losses)."""
 
-    Shape:
-        input: ``[*, D]``; linear_weight: ``[V, D]``; linear_bias: ``[V]``; teacher: ``[*, M, V]`` logits, an
-        :class:`~edd_ext.EnsembleStats` (uses ``mean_probs`` and ``rmi`` or ``epkl``) or
-        :class:`~edd_ext.LinearTeachers`; mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a
-        scalar.
-    """
-    return _linear("proxy_dirichlet_kl", input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias},
-                   teacher, chunk_size, mask, reduction, direction=direction, precision=precision,
-                   model_offset=model_offset, target_offset=target_offset, eps=eps, max_precision=max_precision,
-                   reference_code_compat=reference_code_compat)
+    @S.implements(S.linear_stub(loss), note=_NOTE)
+    def fn(input, linear_weight, teacher, *, linear_bias, chunk_size, mask, reduction, **options):
+        return _linear(loss, input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias}, teacher,
+                       chunk_size, mask, reduction, **options)
+
+    return fn
 
 
-def linear_ensemble_kl(
-    input: Tensor,
-    linear_weight: Tensor,
-    teacher: LinearTeacher,
-    *,
-    linear_bias: Optional[Tensor] = None,
-    chunk_size: Optional[int] = None,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """:func:`edd_ext.ensemble_kl` of ``F.linear(input, linear_weight, linear_bias)``, fused and chunked (the EnD
-    baseline, SPEC sections 2.4 and 2.5). Up to the teacher's entropy, this is
-    ``F.linear_cross_entropy(input, linear_weight, pi^)`` with the ensemble mean pi^ as probability targets,
-    without the ``[*, V]`` targets.
+def _logit_form(loss: str):
+    """``linear_<loss>`` for a logit-space loss: two output layers, the location's and the log-scale's."""
 
-    Shape:
-        input: ``[*, D]``; linear_weight: ``[V, D]``; linear_bias: ``[V]``; teacher: ``[*, M, V]`` logits, an
-        :class:`~edd_ext.EnsembleStats` (uses ``mean_probs``) or :class:`~edd_ext.LinearTeachers`;
-        mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    return _linear("ensemble_kl", input, {"linear_weight": linear_weight}, {"linear_bias": linear_bias}, teacher,
-                   chunk_size, mask, reduction)
+    @S.implements(S.linear_stub(loss), note=_NOTE)
+    def fn(input, loc_weight, log_scale_weight, teacher, *, loc_bias, log_scale_bias, chunk_size, mask, reduction,
+           **options):
+        return _linear(loss, input, {"loc_weight": loc_weight, "log_scale_weight": log_scale_weight},
+                       {"loc_bias": loc_bias, "log_scale_bias": log_scale_bias}, teacher, chunk_size, mask, reduction,
+                       **options)
+
+    return fn
 
 
-def _linear_logit(family: str, input, loc_weight, log_scale_weight, teacher, loc_bias, log_scale_bias, chunk_size,
-                  teacher_norm, temperature, min_scale, mask, reduction) -> Tensor:
-    return _linear(f"logit_{family}_nll", input, {"loc_weight": loc_weight, "log_scale_weight": log_scale_weight},
-                   {"loc_bias": loc_bias, "log_scale_bias": log_scale_bias}, teacher, chunk_size, mask, reduction,
-                   teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale)
-
-
-def linear_logit_gaussian_nll(
-    input: Tensor,
-    loc_weight: Tensor,
-    log_scale_weight: Tensor,
-    teacher: Union[Tensor, LinearTeachers],
-    *,
-    loc_bias: Optional[Tensor] = None,
-    log_scale_bias: Optional[Tensor] = None,
-    chunk_size: Optional[int] = None,
-    teacher_norm: str = "log_softmax",
-    temperature: float = 1.0,
-    min_scale: float = 0.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """:func:`edd_ext.logit_gaussian_nll` of ``loc = F.linear(input, loc_weight, loc_bias)`` and
-    ``log_scale = F.linear(input, log_scale_weight, log_scale_bias)``, fused and chunked (SPEC sections 2.3 and
-    2.5); the keywords are those of :func:`edd_ext.logit_gaussian_nll`.
-
-    Shape:
-        input: ``[*, D]``; loc_weight, log_scale_weight: ``[V, D]``; loc_bias, log_scale_bias: ``[V]``;
-        teacher: ``[*, M, V]`` logits or :class:`~edd_ext.LinearTeachers`; mask: ``[*]`` bool.
-        Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    return _linear_logit("gaussian", input, loc_weight, log_scale_weight, teacher, loc_bias, log_scale_bias,
-                         chunk_size, teacher_norm, temperature, min_scale, mask, reduction)
-
-
-def linear_logit_laplace_nll(
-    input: Tensor,
-    loc_weight: Tensor,
-    log_scale_weight: Tensor,
-    teacher: Union[Tensor, LinearTeachers],
-    *,
-    loc_bias: Optional[Tensor] = None,
-    log_scale_bias: Optional[Tensor] = None,
-    chunk_size: Optional[int] = None,
-    teacher_norm: str = "log_softmax",
-    temperature: float = 1.0,
-    min_scale: float = 0.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """:func:`edd_ext.logit_laplace_nll` of ``loc = F.linear(input, loc_weight, loc_bias)`` and
-    ``log_scale = F.linear(input, log_scale_weight, log_scale_bias)``, fused and chunked (SPEC sections 2.3 and
-    2.5); the keywords are those of :func:`edd_ext.logit_laplace_nll`.
-
-    Shape:
-        input: ``[*, D]``; loc_weight, log_scale_weight: ``[V, D]``; loc_bias, log_scale_bias: ``[V]``;
-        teacher: ``[*, M, V]`` logits or :class:`~edd_ext.LinearTeachers`; mask: ``[*]`` bool.
-        Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    return _linear_logit("laplace", input, loc_weight, log_scale_weight, teacher, loc_bias, log_scale_bias,
-                         chunk_size, teacher_norm, temperature, min_scale, mask, reduction)
+linear_dirichlet_nll = _distribution_form("dirichlet_nll")
+linear_proxy_dirichlet_kl = _distribution_form("proxy_dirichlet_kl")
+linear_ensemble_kl = _distribution_form("ensemble_kl")
+linear_logit_gaussian_nll = _logit_form("logit_gaussian_nll")
+linear_logit_laplace_nll = _logit_form("logit_laplace_nll")

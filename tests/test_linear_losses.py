@@ -4,6 +4,7 @@ stacked and per-member LinearTeachers), masks with NaN in the masked rows (the C
 zero-and-skip path of other devices), chunk sizes that do and do not divide N, N = 0 and N = 1; gradcheck;
 float16 / bfloat16 against float64 with the loss tests' tolerance rule; the reference fallback; errors; the
 nn.Module forms; opcheck and torch.compile(fullgraph=True)."""
+import inspect
 import math
 
 import _loss_oracles as O
@@ -422,6 +423,19 @@ def test_torch_compile_fullgraph_forward_and_backward():
         results.append([loss] + [leaf.grad for leaf in leaves])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+def test_signatures_are_the_losses_with_the_linear_inputs():
+    for loss in LOSSES:
+        params = inspect.signature(getattr(E, "linear_" + loss)).parameters
+        heads = ("loc", "log_scale") if loss in LOGIT else ("linear",)
+        assert list(params)[:len(heads) + 2] == ["input", *(h + "_weight" for h in heads), "teacher"]
+        assert all(params[h + "_bias"].default is None for h in heads) and params["chunk_size"].default is None
+        for name, p in inspect.signature(getattr(E, loss)).parameters.items():
+            if p.kind is p.KEYWORD_ONLY:
+                assert params[name].default == p.default, (loss, name)
+    with pytest.raises(TypeError, match="model_offset"):
+        E.linear_ensemble_kl(X, W, U, model_offset=1.0)
 
 
 def test_public_names():

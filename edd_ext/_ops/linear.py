@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from .. import _signatures as S
 from .. import reference
 from ..types import EnsembleStats
 from . import fused
@@ -49,30 +50,11 @@ __all__ = ["linear_loss", "auto_chunk_size", "LOSSES", "OPTIONS"]
 NONE, SUM, MEAN = 0, 1, 2
 REDUCTION_CODES = {"none": NONE, "sum": SUM, "mean": MEAN}
 
-#: The losses' keywords and their defaults (the op takes them all; each loss reads its own, listed in LOSSES).
-OPTIONS = {
-    "model_offset": 1.0,
-    "direction": "reverse",
-    "precision": "mkl",
-    "target_offset": 1.0,
-    "eps": 1.1920929e-7,
-    "max_precision": None,
-    "reference_code_compat": False,
-    "teacher_norm": "log_softmax",
-    "temperature": 1.0,
-    "min_scale": 0.0,
-}
-_LOGIT_OPTIONS = ("teacher_norm", "temperature", "min_scale")
-
-#: loss -> the keywords of OPTIONS it takes.
-LOSSES = {
-    "dirichlet_nll": ("model_offset",),
-    "proxy_dirichlet_kl": ("direction", "precision", "model_offset", "target_offset", "eps", "max_precision",
-                           "reference_code_compat"),
-    "ensemble_kl": (),
-    "logit_gaussian_nll": _LOGIT_OPTIONS,
-    "logit_laplace_nll": _LOGIT_OPTIONS,
-}
+#: loss -> its keywords other than ``mask`` and ``reduction`` (the op takes the union; each loss reads its own).
+LOSSES = {name: tuple(k for k in S.defaults(stub) if k not in ("mask", "reduction"))
+          for name, stub in S.LOSSES.items()}
+#: Every loss keyword with its default (from the losses' signatures).
+OPTIONS = {k: v for stub in S.LOSSES.values() for k, v in S.defaults(stub).items() if k not in ("mask", "reduction")}
 
 #: Memory the automatic chunk size gives one chunk's logit-sized tensors (student logits and their gradients,
 #: teacher logits), counted in float32, and the most positions it puts in a chunk. On CPU the matmuls of chunks
