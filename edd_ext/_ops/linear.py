@@ -242,9 +242,9 @@ def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, 
             if gb is not None:
                 gb.add_(g.sum(0, dtype=acc_dtype))
     if reduction == MEAN:
-        count = mask.sum() if mask is not None else torch.tensor(n, device=input.device)
-        count = count.clamp_min(1).to(acc_dtype)
-        total = total / count.to(loss_dtype)
+        # a device tensor with a mask, else a Python number (torch.tensor(n, device=...) would be a host copy)
+        count = mask.sum().clamp_min(1).to(acc_dtype) if mask is not None else max(n, 1)
+        total = total / count
         for g in (grad_input, *grad_weights, *grad_biases):
             if g is not None:
                 g.div_(count)
