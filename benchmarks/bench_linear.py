@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import edd_ext as E  # noqa: E402
+from edd_ext._ops import linear as linear_op  # noqa: E402
 
 D, M = 256, 4
 LOGIT = ("logit_gaussian_nll", "logit_laplace_nll")
@@ -195,6 +196,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk-size", type=int, default=None, help="default: the automatic one")
     p.add_argument("--only", default=None, help="comma-separated losses to run (default: the table's)")
+    p.add_argument("--vocab", type=int, default=None, help="run only the cases of this V")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON on stdout
     args = p.parse_args(argv)
@@ -207,6 +209,8 @@ def main(argv=None):
     cases = default_cases(args.quick)
     if args.only:
         cases = [c for c in cases if c[0] in args.only.split(",")]
+    if args.vocab:
+        cases = [c for c in cases if c[3] == args.vocab]
     loads = [os.getloadavg()[0]]
     started = _dt.datetime.now(_dt.timezone.utc)
     results, skipped = [], []
@@ -233,8 +237,8 @@ def main(argv=None):
     if args.write:
         given = argv if argv is not None else sys.argv[1:]
         cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + given)
-        chunk = args.chunk_size or f"automatic ({E._linear_ops.auto_chunk_size(32000, M, D)} at V = 32000, " \
-                                   f"{E._linear_ops.auto_chunk_size(128000, M, D)} at V = 128000)"
+        chunk = args.chunk_size or f"automatic ({linear_op.auto_chunk_size(32000, M, D)} at V = 32000, " \
+                                   f"{linear_op.auto_chunk_size(128000, M, D)} at V = 128000)"
         with open(os.path.join(common.HERE, "RESULTS.md"), "a") as f:
             f.write(f"\n## linear (fused linear losses, CPU)\n\n- date: {started:%Y-%m-%d %H:%M} UTC, {len(results)} "
                     f"cases, {(_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60:.0f} min\n"

@@ -16,8 +16,8 @@ last hidden states and output layers, multiplied out one chunk at a time. Teache
 
 Memory: the backward keeps ``grad_input`` ``[*, D]`` and the parameter gradients (computed in the forward); a
 chunk takes about ``chunk_size x (M + 2) x V`` floats (``(M + 4) x V`` for the logit-space losses). The default
-``chunk_size`` (None) sizes a chunk to about 512 MiB from V, M and D, at most 1024 positions
-(``edd_ext._ops.linear.auto_chunk_size``; 694 positions at V = 32000, M = 4, D = 256).
+``chunk_size`` (None) sizes a chunk to about 512 MiB from V, M and D, within 256 to 1024 positions
+(``edd_ext._ops.linear.auto_chunk_size``; 694 positions at V = 32000, M = 4, D = 256; 256 at V = 128000).
 
 Masked positions (``mask`` False) contribute exactly 0 and get exactly 0 gradient whatever their hidden states
 hold, NaN included. On CPU they are not computed at all (each chunk gathers unmasked positions by index); on

@@ -444,6 +444,8 @@ def test_public_names():
         assert name in E.__all__ and hasattr(E, name)
 
 
-def test_auto_chunk_size_is_bounded():
-    assert _linear_ops.auto_chunk_size(32000, 4, 256) >= 16
-    assert _linear_ops.auto_chunk_size(10**9, 64, 8192, heads=2) == 1
+def test_auto_chunk_size():
+    size = _linear_ops.auto_chunk_size
+    assert size(32000, 4, 256) == _linear_ops.CHUNK_BYTES // (4 * (6 * 32000 + 5 * 256))
+    assert size(100, 4, 256) == _linear_ops.MAX_CHUNK
+    assert size(10**7, 64, 8192, heads=2) == _linear_ops.MIN_CHUNK

@@ -56,19 +56,21 @@ LOSSES = {name: tuple(k for k in S.defaults(stub) if k not in ("mask", "reductio
 #: Every loss keyword with its default (from the losses' signatures).
 OPTIONS = {k: v for stub in S.LOSSES.values() for k, v in S.defaults(stub).items() if k not in ("mask", "reduction")}
 
-#: Memory the automatic chunk size gives one chunk's logit-sized tensors (student logits and their gradients,
-#: teacher logits), counted in float32, and the most positions it puts in a chunk. On CPU the matmuls of chunks
-#: under ~500 positions run markedly slower per position (V = 32000, D = 256); beyond ~1000 they gain nothing.
+#: The automatic chunk size: as many positions as fit CHUNK_BYTES of a chunk's logit-sized tensors (student logits
+#: and their gradients, teacher logits, counted in float32), within [MIN_CHUNK, MAX_CHUNK]. On CPU the matmuls of
+#: chunks under ~500 positions run markedly slower per position (V = 32000, D = 256) and beyond ~1000 gain nothing;
+#: at V = 128000 chunks of 174 positions took up to 1.3x the wall time of 348 on a loaded machine (the same CPU
+#: time: more, smaller matmuls, each a synchronisation of the threads).
 CHUNK_BYTES = 512 * 2**20
-MAX_CHUNK = 1024
+MIN_CHUNK, MAX_CHUNK = 256, 1024
 
 
 def auto_chunk_size(vocab: int, members: int, width: int, heads: int = 1) -> int:
     """Positions per chunk: as many as fit ``CHUNK_BYTES`` with a chunk's ``[C, V]`` student logits and gradients
-    (``heads`` of each), its ``[C, M, V]`` teacher logits and its hidden states (``(M + 1) x D``), at most
-    ``MAX_CHUNK`` and at least 1."""
+    (``heads`` of each), its ``[C, M, V]`` teacher logits and its hidden states (``(M + 1) x D``), within
+    ``[MIN_CHUNK, MAX_CHUNK]``."""
     per_position = 4 * ((members + 2 * heads) * vocab + (members + 1) * width)
-    return max(1, min(MAX_CHUNK, CHUNK_BYTES // per_position))
+    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // per_position))
 
 
 # ---- the chunk loop ----
