@@ -18,10 +18,30 @@ def test_extension_is_loaded():
     assert isinstance(edd_ext.cuda_built(), bool)
 
 
+# torch.ops.edd_ext is the public API and nothing else; the ops that only tests use live in edd_ext_testing.
+PUBLIC_OPS = {"ensemble_stats", "ensemble_uncertainty", "dirichlet_nll", "proxy_dirichlet_kl", "logit_nll",
+              "ensemble_kl", "scale_grad_", "dirichlet_uncertainty", "logit_distribution_uncertainty",
+              "topk_ensemble_stats", "topk_dirichlet_nll", "topk_proxy_dirichlet_kl", "topk_ensemble_kl"}
+TESTING_OPS = {"special_function", "philox4x32", "philox_noise"}
+
+
+def _registered(namespace):
+    names = torch._C._dispatch_get_all_op_names()
+    return {n.split("::", 1)[1].split(".", 1)[0] for n in names if n.startswith(namespace + "::")}
+
+
+@pytest.mark.skipif(not edd_ext.has_extension(), reason="extension not built")
+def test_op_namespaces():
+    assert _registered("edd_ext") == PUBLIC_OPS
+    assert _registered("edd_ext_testing") == TESTING_OPS
+
+
+@pytest.mark.skipif(not edd_ext.has_extension(), reason="extension not built")
 def test_ops_registered_for_cpu():
-    for name in ("ensemble_stats", "ensemble_uncertainty", "special_function"):
-        op = getattr(torch.ops.edd_ext, name)
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CPU"), name
+    for namespace, names in (("edd_ext", PUBLIC_OPS), ("edd_ext_testing", TESTING_OPS)):
+        for name in names:
+            op = getattr(getattr(torch.ops, namespace), name)
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CPU"), (namespace, name)
 
 
 def test_fallback_to_reference_warns_once(monkeypatch):
@@ -46,6 +66,9 @@ def _meta_calls():
     yield "proxy_dirichlet_kl", lambda: edd_ext.proxy_dirichlet_kl(z, u, reduction="none"), (2, 3)
     yield "ensemble_kl", lambda: edd_ext.ensemble_kl(z, u, reduction="none"), (2, 3)
     yield "logit_gaussian_nll", lambda: edd_ext.logit_gaussian_nll(z, z, u, reduction="none"), (2, 3)
+    yield "ensemble_stats top_k", lambda: edd_ext.ensemble_stats(u, top_k=3).mean_probs, (2, 3, 3)
+    yield "proxy_dirichlet_kl top_k", lambda: edd_ext.proxy_dirichlet_kl(
+        z, reference.ensemble_stats(u, top_k=3), reduction="none"), (2, 3)
     yield "uncertainty.dirichlet", lambda: edd_ext.uncertainty.dirichlet(z).epkl, (2, 3)
 
 

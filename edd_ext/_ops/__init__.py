@@ -10,6 +10,7 @@ and beside it the op's ``torch.library.register_fake`` (shapes and dtypes, for `
 * ``_ops.uncertainty``  ``dirichlet_uncertainty``, ``logit_distribution_uncertainty``
 * ``_ops.linear``       ``linear_loss`` (a Python ``torch.library.custom_op`` over the loss ops: the fused linear
                         losses, chunked over positions)
+* ``_ops.topk``         ``topk_ensemble_stats`` and the losses that read top-k statistics (``topk_*``)
 * ``_ops.testing``      the test-only ops (special functions, Philox) of ``torch.ops.edd_ext_testing``
 
 Schemas live in ``csrc/edd_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA kernels in ``csrc/cuda``.
@@ -79,4 +80,4 @@ def stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # The op-family modules register fake kernels and autograd at import; they need the loaded ops.
-from . import linear, losses, stats, testing, uncertainty  # noqa: E402,F401
+from . import linear, losses, stats, testing, topk, uncertainty  # noqa: E402,F401

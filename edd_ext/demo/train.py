@@ -61,6 +61,7 @@ class Batch:
     prev: Tensor  # [B, T]  BOS + target
     target: Tensor  # [B, T]  target + EOS
     mask: Tensor  # [B, T]  True at real target tokens
+    index: Optional[np.ndarray] = None  # [B] the sentences' corpus indices (batches() sets it)
 
 
 def pad(rows: Sequence[Sequence[int]], value: int = PAD) -> Tensor:
@@ -85,7 +86,9 @@ def batches(src: List[List[int]], tgt: List[List[int]], batch_size: int, steps: 
         if len(order) < batch_size:
             order = np.concatenate([order, rng.permutation(len(src))])
         idx, order = order[:batch_size], order[batch_size:]
-        yield make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+        batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+        batch.index = idx
+        yield batch
 
 
 def _optimizer(model: torch.nn.Module, lr: float, steps: int):
@@ -186,10 +189,29 @@ def teacher_logits(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> Te
     return torch.stack([t(src, prev)[0] for t in teachers], dim=-2)
 
 
+def build_teacher_cache(teachers: Sequence[Seq2Seq], src, tgt, directory: str, *, top_k: int,
+                        storage_dtype: str = "float16", progress: bool = True):
+    """Run the teachers once over the training corpus and write its top-k statistics cache (``edd_ext.cache``)."""
+    for t in teachers:
+        t.eval()
+
+    def run(indices):
+        b = make_batch([src[i] for i in indices], [tgt[i] for i in indices])
+        return teacher_logits(teachers, b.src, b.prev)
+
+    return E.cache.build_cache(directory, [len(t) + 1 for t in tgt], run, kind="top_k",
+                               top_k=min(top_k, teachers[0].cfg.vocab_size), storage_dtype=storage_dtype,
+                               teachers=[f"demo teacher {m}" for m in range(len(teachers))],
+                               data_fingerprint=E.cache.fingerprint(np.asarray(s, dtype=np.int64) for s in src + tgt),
+                               overwrite=True, progress=progress)
+
+
 def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int, batch_size: int,
             lr: float, rng: np.random.Generator, logit_anchor: float, desc: str, progress: bool,
-            linear: bool = False) -> Tuple[Dict[str, Dict[str, float]], float]:
-    """``steps`` optimiser steps for every student on the same batches; returns (per-student info, shared s)."""
+            cache=None, linear: bool = False) -> Tuple[Dict[str, Dict[str, float]], float]:
+    """``steps`` optimiser steps for every student on the same batches; returns (per-student info, shared s).
+    With a teacher ``cache`` the batches' statistics are read from it instead of running the teachers; with
+    ``linear`` the students train through the fused linear losses."""
     for model in students.values():
         model.train()
     opts = {name: _optimizer(model, lr, steps) for name, model in students.items()}
@@ -199,11 +221,13 @@ def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt,
                leave=False, dynamic_ncols=True)
     for i, b in enumerate(bar):
         t0 = time.perf_counter()
-        if linear:
-            members = linear_teachers(teachers, b.src, b.prev)
-        else:
+        if cache is not None:  # offline distillation: the cached top-k statistics of these sentences
+            logits, stats = None, cache.batch(b.index, length=b.target.shape[1])
+        elif not linear:
             logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
             stats = E.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+        if linear:  # the teachers as decoder states and output layers, or the cached statistics
+            members = stats if cache is not None else linear_teachers(teachers, b.src, b.prev)
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()
@@ -231,13 +255,18 @@ END2_INIT = ("EnD", "scratch")
 
 def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int,
                    batch_size: int, lr: float, seed: int, logit_anchor: float = 1.0, end2_init: str = "EnD",
-                   progress: bool = True, linear: bool = False) -> Dict[str, Dict[str, float]]:
+                   progress: bool = True, cache=None, linear: bool = False) -> Dict[str, Dict[str, float]]:
     """Distil the ensemble into every student; returns per-student time and final loss. ``linear``: through the
     fused linear losses (see the module docstring).
 
     With ``end2_init="EnD"`` the EnD² student starts from the trained EnD student (an EnD student is
-    trained for it if ``students`` has none) and then gets ``steps`` Dirichlet-NLL steps of its own.
+    trained for it if ``students`` has none) and then gets ``steps`` Dirichlet-NLL steps of its own. With a
+    teacher ``cache`` (:func:`build_teacher_cache`) the students read the cached top-k statistics instead of
+    running the teachers (the logit-space students, which need every member's logits, cannot).
     """
+    if cache is not None and any(model.log_scale is not None for model in students.values()):
+        raise ValueError("cache: the logit-space students need every member's logits; train them with the "
+                         "teachers")
     if end2_init not in END2_INIT:
         raise ValueError(f"end2_init: expected one of {END2_INIT}, got {end2_init!r}")
     for t in teachers:
@@ -253,7 +282,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         first["EnD"].load_state_dict(students["EnD2"].state_dict())
     info, shared_s = _distil(first, teachers, src, tgt, steps=steps, batch_size=batch_size, lr=lr,
                              rng=np.random.default_rng([seed, 20]), logit_anchor=logit_anchor, desc="students",
-                             progress=progress, linear=linear)
+                             progress=progress, cache=cache, linear=linear)
     for v in info.values():
         v["teacher_forward_s"] = shared_s
     if warm_end2:
@@ -261,7 +290,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         end2.load_state_dict(first["EnD"].state_dict())
         end2_info, end2_shared = _distil({"EnD2": end2}, teachers, src, tgt, steps=steps, batch_size=batch_size,
                                          lr=lr / 3, rng=np.random.default_rng([seed, 22]), logit_anchor=logit_anchor,
-                                         desc="EnD2 from EnD", progress=progress, linear=linear)
+                                         desc="EnD2 from EnD", progress=progress, cache=cache, linear=linear)
         end2_info = end2_info["EnD2"]
         end2_info["train_s"] += info["EnD"]["train_s"]
         end2_info["teacher_forward_s"] = shared_s + end2_shared
