@@ -407,6 +407,18 @@ def check_linear_options(loss: str, *, chunk_size: object, **options) -> None:
     LOSS_OPTION_CHECKS[loss](**options)
 
 
+def check_linear_logit_teacher(loc: Tensor, teacher: object, mask: Optional[Tensor]) -> None:
+    """The teacher of a fused linear logit-space loss other than ``LinearTeachers``: ``[*, M, V]`` logits matching
+    ``loc [*, V]`` (top-k targets are read in plain PyTorch only, by the logit-level losses)."""
+    if isinstance(teacher, TopKLogitTargets):
+        raise ValueError(
+            "teacher: the fused linear logit-space losses take [*, M, V] logits or LinearTeachers, got "
+            "TopKLogitTargets (read in plain PyTorch only: apply logit_gaussian_nll / logit_laplace_nll to the "
+            "output layers' logits)"
+        )
+    check_logit_teacher(loc, teacher, mask)
+
+
 def check_linear(input: object, weights: dict, biases: dict) -> None:
     """The student's hidden states ``input [*, D]`` and its output layer(s): each weight ``[V, D]`` (one V for
     all), each bias ``None`` or ``[V]``; one dtype and one device. ``weights`` / ``biases`` map argument names to

@@ -10,8 +10,9 @@ forward or the backward (the calling convention of ``torch.nn.functional.linear_
 Liger-Kernel's fused linear losses and Cut Cross-Entropy). The op and its autograd are in
 ``edd_ext._ops.linear``.
 
-The teacher is what the logit-level loss takes (``[*, M, V]`` logits, or an :class:`~edd_ext.EnsembleStats` for
-the categorical and Dirichlet losses), or ``E.LinearTeachers(input, linear_weight, linear_bias)``: the teachers'
+The teacher is what the logit-level loss takes (``[*, M, V]`` logits, or an :class:`~edd_ext.EnsembleStats` or
+:class:`~edd_ext.TopKEnsembleStats` for the categorical and Dirichlet losses; not the plain-PyTorch
+:class:`~edd_ext.TopKLogitTargets`), or ``E.LinearTeachers(input, linear_weight, linear_bias)``: the teachers'
 last hidden states and output layers, multiplied out one chunk at a time. Teachers get no gradient.
 
 Memory: the backward keeps ``grad_input`` ``[*, D]`` and the parameter gradients (computed in the forward); a
@@ -37,7 +38,7 @@ from torch import Tensor
 from . import _signatures as S
 from . import _validation as V
 from ._ops import linear as _op
-from .types import EnsembleStats, LinearTeachers
+from .types import EnsembleStats, LinearTeachers, TopKEnsembleStats
 
 __all__ = [
     "linear_dirichlet_nll",
@@ -47,7 +48,7 @@ __all__ = [
     "linear_logit_laplace_nll",
 ]
 
-LinearTeacher = Union[Tensor, EnsembleStats, LinearTeachers]
+LinearTeacher = Union[Tensor, EnsembleStats, TopKEnsembleStats, LinearTeachers]
 
 
 def _stand_in(input: Tensor, vocab: int) -> Tensor:
@@ -78,13 +79,15 @@ def _linear(loss: str, input: Tensor, weights: dict, biases: dict, teacher: Line
             bias = [None] * len(hidden) if bias is None else list(bias)
         teacher_args = dict(teacher_inputs=hidden, teacher_weights=list(weight), teacher_biases=bias)
     elif logit_loss:
-        V.check_logit_teacher(_stand_in(input, vocab), teacher, mask)
+        V.check_linear_logit_teacher(_stand_in(input, vocab), teacher, mask)
         teacher_args = dict(teacher_logits=teacher.reshape(-1, *teacher.shape[-2:]))
     else:
         V.check_teacher(f"input @ {first_weight}.T", _stand_in(input, vocab), teacher, mask)
-        if isinstance(teacher, EnsembleStats):
-            fields = [getattr(teacher, f) for f in EnsembleStats._fields[:-1]]
-            teacher_args = dict(teacher_stats=[t.reshape(-1, *t.shape[len(batch):]) for t in fields])
+        if isinstance(teacher, (EnsembleStats, TopKEnsembleStats)):
+            kind, fields = (("teacher_stats", EnsembleStats._fields[:-1]) if isinstance(teacher, EnsembleStats)
+                            else ("teacher_top_k", TopKEnsembleStats._fields[:-2]))
+            teacher_args = {kind: [getattr(teacher, f).reshape(-1, *getattr(teacher, f).shape[len(batch):])
+                                   for f in fields]}
         else:
             teacher_args = dict(teacher_logits=teacher.reshape(-1, *teacher.shape[-2:]))
     out = _op.linear_loss(

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 import edd_ext as E
 from edd_ext import _ops, reference
 from edd_ext._ops import linear as _linear_ops
-from edd_ext.types import EnsembleStats, LinearTeachers
+from edd_ext.types import EnsembleStats, LinearTeachers, TopKEnsembleStats
 
 LOSSES = ("dirichlet_nll", "proxy_dirichlet_kl", "ensemble_kl", "logit_gaussian_nll", "logit_laplace_nll")
 LOGIT = ("logit_gaussian_nll", "logit_laplace_nll")
-FORMS = ("logits", "stats", "stacked", "pairs")
+FORMS = ("logits", "stats", "top_k", "stacked", "pairs")
+STATS_FORMS = ("stats", "top_k")  # the categorical and Dirichlet losses only
+TOP_K = 5
 D, V, M = 6, 13, 3
 WIDTHS = (4, 7, 5)  # the per-member form's hidden widths
 
@@ -27,7 +29,7 @@ WIDTHS = (4, 7, 5)  # the per-member form's hidden widths
 def _cases():
     for loss in LOSSES:
         for form in FORMS:
-            if not (loss in LOGIT and form == "stats"):
+            if not (loss in LOGIT and form in STATS_FORMS):
                 yield loss, form
 
 
@@ -58,6 +60,8 @@ class Problem:
             self.teacher = {"logits": self.logits, "stacked": LinearTeachers(hidden, weight, bias)}.get(form)
             if form == "stats":
                 self.teacher = E.ensemble_stats(self.logits)
+            if form == "top_k":
+                self.teacher = E.ensemble_stats(self.logits, top_k=TOP_K)
 
     def params(self):
         return [self.input, *self.weights, *(b for b in self.biases if b is not None)]
@@ -83,7 +87,7 @@ class Problem:
         kw.pop("chunk_size", None)
         x, weights, biases = self._split(leaves)
         students = [F.linear(x, w, b) for w, b in zip(weights, biases)]
-        teacher = self.teacher if self.form == "stats" else self.logits
+        teacher = self.teacher if self.form in STATS_FORMS else self.logits
         return getattr(module, self.loss)(*students, teacher, **kw)
 
 
@@ -181,6 +185,12 @@ def _poisoned(problem, mask):
         for h in (hidden if isinstance(hidden, list) else [hidden]):
             h[bad] = math.inf
         problem.teacher = LinearTeachers(hidden, t.linear_weight, t.linear_bias)
+    elif isinstance(t, TopKEnsembleStats):
+        fields = [f.clone() for f in t[:-2]]
+        fields[0][bad] = 10 ** 6  # class indices out of range
+        for f in fields[1:]:
+            f[bad] = math.nan
+        problem.teacher = TopKEnsembleStats(*fields, num_classes=t.num_classes, num_members=t.num_members)
     elif isinstance(t, EnsembleStats):
         fields = [f.clone() for f in t[:-1]]
         for f in fields:
@@ -251,6 +261,7 @@ def test_reduced_precision_against_float64(loss, dtype):
 
 
 @pytest.mark.parametrize("loss,form", [("dirichlet_nll", "stats"), ("proxy_dirichlet_kl", "logits"),
+                                       ("proxy_dirichlet_kl", "top_k"),
                                        ("ensemble_kl", "stacked"), ("logit_gaussian_nll", "pairs"),
                                        ("logit_laplace_nll", "stacked")])
 def test_falls_back_to_the_reference_without_the_extension(loss, form, monkeypatch):
@@ -343,6 +354,8 @@ H, WT = torch.zeros(2, 3, 6), torch.zeros(3, 5, 6)
          r"log_scale_weight: expected \[V, D\] with V = 5"),
         (lambda: E.linear_logit_gaussian_nll(X, W, W, E.ensemble_stats(U)), r"teacher_logits: .*EnsembleStats"),
         (lambda: E.linear_logit_laplace_nll(X, W, W, U, min_scale=-1.0), "min_scale"),
+        (lambda: E.linear_logit_laplace_nll(X, W, W, E.top_k_logit_targets(U, top_k=2)), "TopKLogitTargets"),
+        (lambda: E.linear_ensemble_kl(X, W, E.ensemble_stats(torch.zeros(2, 3, 6), top_k=2)), "num_classes"),
         (lambda: E.linear_logit_laplace_nll(X, W, W, LinearTeachers(H, WT), teacher_norm="z"), "teacher_norm"),
     ],
 )
@@ -385,14 +398,16 @@ def _op_cases():
     y, lw, sw, lb = (t.requires_grad_() for t in q.leaves())
     mask = torch.tensor([True, False, True, True, False])
     t, u = p.teacher, q.teacher
-    yield (x, w, b, None, None, None, [], [t.input], [t.linear_weight], [t.linear_bias], mask, None,
+    yield (x, w, b, None, None, None, [], [], [t.input], [t.linear_weight], [t.linear_bias], mask, None,
            "dirichlet_nll", *opts, 2, 2, True, True)
     # reduction none: the backward runs the op again with grad_loss
-    yield (y, lw, lb, sw, None, None, [], list(u.input), list(u.linear_weight), list(u.linear_bias), mask, None,
+    yield (y, lw, lb, sw, None, None, [], [], list(u.input), list(u.linear_weight), list(u.linear_bias), mask, None,
            "logit_laplace_nll", *opts, 0, 3, True, True)
     stats = list(E.ensemble_stats(p.logits.float()))[:-1]
-    yield (x, w, None, None, None, None, stats, [], [], [], mask, None, "ensemble_kl", *opts, 2, None, True, False)
-    yield (x.detach(), w.detach(), None, None, None, p.logits.float(), [], [], [], [], None, None, "ensemble_kl",
+    yield (x, w, None, None, None, None, stats, [], [], [], [], mask, None, "ensemble_kl", *opts, 2, None, True, False)
+    top_k = list(E.ensemble_stats(p.logits.float(), top_k=TOP_K))[:-2]
+    yield (x, w, b, None, None, None, [], top_k, [], [], [], None, None, "dirichlet_nll", *opts, 1, 2, True, True)
+    yield (x.detach(), w.detach(), None, None, None, p.logits.float(), [], [], [], [], [], None, None, "ensemble_kl",
            *opts, 1, 4, False, False)
 
 
@@ -411,6 +426,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     def total(x, w, b, sw):
         return (E.linear_proxy_dirichlet_kl(x, w, p.teacher, linear_bias=b, mask=mask)
                 + E.linear_dirichlet_nll(x, w, E.ensemble_stats(p.logits), reduction="none").sum()
+                + E.linear_ensemble_kl(x, w, E.ensemble_stats(p.logits, top_k=TOP_K), mask=mask)
                 + kl(x, w, p.teacher, linear_bias=b, mask=mask)
                 + E.linear_logit_gaussian_nll(x, w, sw, q.teacher, loc_bias=b, mask=mask, chunk_size=5))
 

@@ -4,8 +4,9 @@ kernel and autograd beside it, and the call wrapper the public ``edd_ext.linear_
 One call runs over the positions in chunks. For each chunk of C positions it forms the student's logits
 ``input_chunk @ W.T + b`` ``[C, V]`` (two of them, loc and log-scale, for the logit-space losses) and the teachers'
 ``[C, M, V]`` logits (sliced from the given logits, or formed from ``LinearTeachers`` hidden states and output
-layers), runs the loss's compiled kernel on the chunk with ``compute_grad=True`` (loss and dLoss/dlogits in one
-fused pass), and at once turns that ``[C, V]`` gradient G into the chunk's share of the parameter gradients:
+layers) or statistics rows (``EnsembleStats``, or ``TopKEnsembleStats`` for the top-k ops), runs the loss's
+compiled kernel on the chunk with ``compute_grad=True`` (loss and dLoss/dlogits in one fused pass), and at once
+turns that ``[C, V]`` gradient G into the chunk's share of the parameter gradients:
 
     grad_input[chunk] = G @ W            grad_W += G.T @ input_chunk            grad_b += G.sum(0)
 
@@ -42,7 +43,7 @@ from torch.utils import _pytree as pytree
 
 from .. import _signatures as S
 from .. import reference
-from ..types import EnsembleStats
+from ..types import EnsembleStats, TopKEnsembleStats
 from . import fused
 
 __all__ = ["linear_loss", "auto_chunk_size", "LOSSES", "OPTIONS"]
@@ -143,13 +144,16 @@ def _add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
         acc.add_(torch.mm(a, b))
 
 
-def _teacher_chunk(rows, scratch, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases):
+def _teacher_chunk(rows, scratch, teacher_logits, teacher_stats, teacher_top_k, teacher_inputs, teacher_weights,
+                   teacher_biases, vocab):
     """The teacher of the chunk ``rows``: ``[C, M, V]`` logits (given, or formed from the hidden states and
-    output layers), or an :class:`EnsembleStats` of the rows."""
+    output layers), or the :class:`EnsembleStats` or :class:`TopKEnsembleStats` of the rows."""
     if teacher_logits is not None:
         return _take(teacher_logits, rows, scratch, "teacher")
     if teacher_stats:
         return EnsembleStats(*(_take(t, rows, scratch, ("teacher", i)) for i, t in enumerate(teacher_stats)))
+    if teacher_top_k:
+        return TopKEnsembleStats(*(_take(t, rows) for t in teacher_top_k), num_classes=vocab)
     if teacher_weights[0].dim() == 3:  # stacked: [N, M, D], [M, V, D], [M, V]
         hidden = _take(teacher_inputs[0], rows)
         members = [(hidden[:, m], w, None if teacher_biases[0] is None else teacher_biases[0][m])
@@ -167,6 +171,9 @@ def _teacher_chunk(rows, scratch, teacher_logits, teacher_stats, teacher_inputs,
 def _kernel_loss(loss, students, teacher, mask, reduction, compute_grad, o):
     """The compiled op on one chunk: (loss, [dLoss/dstudent for each student tensor])."""
     ops = torch.ops.edd_ext
+    if isinstance(teacher, TopKEnsembleStats):
+        out = _top_k_kernel_loss(loss, students[0], teacher, mask, reduction, compute_grad, o)
+        return out[0], list(out[1:])
     logits, stats = (None, teacher) if isinstance(teacher, EnsembleStats) else (teacher, None)
     if loss == "dirichlet_nll":
         out = ops.dirichlet_nll(students[0], logits, None if stats is None else stats.mean_log_probs, mask,
@@ -185,6 +192,22 @@ def _kernel_loss(loss, students, teacher, mask, reduction, compute_grad, o):
         out = ops.logit_nll(students[0], students[1], logits, mask, loss.split("_")[1], o["teacher_norm"],
                             o["temperature"], o["min_scale"], reduction, compute_grad)
     return out[0], list(out[1:])
+
+
+def _top_k_kernel_loss(loss, student, teacher, mask, reduction, compute_grad, o):
+    """The top-k form of the compiled op (``torch.ops.edd_ext.topk_<loss>``) on one chunk: (loss, grad)."""
+    ops, indices = torch.ops.edd_ext, teacher.indices.long()
+    if loss == "dirichlet_nll":
+        return ops.topk_dirichlet_nll(student, indices, teacher.mean_log_probs, teacher.tail_mean_log_prob, mask,
+                                      o["model_offset"], reduction, compute_grad)
+    if loss == "proxy_dirichlet_kl":
+        measure = teacher.rmi if o["precision"] == "mkl" else teacher.epkl
+        return ops.topk_proxy_dirichlet_kl(student, indices, teacher.mean_probs, teacher.tail_mass, measure, mask,
+                                           o["direction"], o["precision"], o["model_offset"], o["target_offset"],
+                                           o["eps"], o["max_precision"], o["reference_code_compat"], reduction,
+                                           compute_grad)
+    return ops.topk_ensemble_kl(student, indices, teacher.mean_probs, teacher.tail_mass, mask, reduction,
+                                compute_grad)
 
 
 def _reference_loss(loss, students, teacher, mask, reduction, compute_grad, o):
@@ -206,25 +229,27 @@ def _loss_dtype(input: Tensor, teacher_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in (input.dtype, teacher_dtype) else torch.float32
 
 
-def _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs) -> torch.dtype:
+def _teacher_dtype(teacher_logits, teacher_stats, teacher_top_k, teacher_inputs) -> torch.dtype:
     if teacher_logits is not None:
         return teacher_logits.dtype
-    return teacher_stats[0].dtype if teacher_stats else teacher_inputs[0].dtype
+    if teacher_stats:
+        return teacher_stats[0].dtype
+    return teacher_top_k[1].dtype if teacher_top_k else teacher_inputs[0].dtype  # top-k: mean_probs
 
 
 def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases,
-         mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad):
+def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_top_k, teacher_inputs, teacher_weights,
+         teacher_biases, mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad):
     """The chunk loop (see the module docstring): (loss, grad_input | None, [grad_weight | None for each weight],
     [grad_bias | None for each bias]), the parameter gradients in the parameters' dtypes."""
     n = input.shape[0]
     members = teacher_logits.shape[1] if teacher_logits is not None else (
         teacher_weights[0].shape[0] if teacher_weights and teacher_weights[0].dim() == 3 else len(teacher_weights))
     chunk_size = chunk_size or auto_chunk_size(weights[0].shape[0], members, input.shape[1], len(weights))
-    loss_dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs))
+    loss_dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_top_k, teacher_inputs))
     per_position = reduction == NONE
     compute_grad = (input_grad or weight_grad) and (not per_position or grad_loss is not None)
     acc_dtype = torch.promote_types(input.dtype, torch.float32)
@@ -247,8 +272,8 @@ def _run(input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, 
             x = torch.where(chunk_mask.unsqueeze(-1), x, x.new_zeros(()))
         students = [_linear_into(scratch(("student", j), (x.shape[0], w.shape[0]), x), x, w, b)
                     for j, (w, b) in enumerate(zip(weights, biases))]
-        teacher = _teacher_chunk(rows, scratch, teacher_logits, teacher_stats, teacher_inputs, teacher_weights,
-                                 teacher_biases)
+        teacher = _teacher_chunk(rows, scratch, teacher_logits, teacher_stats, teacher_top_k, teacher_inputs,
+                                 teacher_weights, teacher_biases, weights[0].shape[0])
         value, grads = chunk_loss(loss, students, teacher, chunk_mask, NONE if per_position else SUM, compute_grad,
                                   options)
         del students, teacher
@@ -295,6 +320,7 @@ def _linear_loss_op(
     log_scale_bias: Optional[Tensor],
     teacher_logits: Optional[Tensor],
     teacher_stats: List[Tensor],
+    teacher_top_k: List[Tensor],
     teacher_inputs: List[Tensor],
     teacher_weights: List[Tensor],
     teacher_biases: List[Optional[Tensor]],
@@ -319,7 +345,8 @@ def _linear_loss_op(
     """``input [N, D]`` and the student's output layer ``weight [V, D]``, ``bias [V] | None`` (for the logit-space
     losses, the location's; ``log_scale_weight [V, D]`` and ``log_scale_bias`` are the log-scale head's, None
     otherwise); the teacher as ``teacher_logits [N, M, V]``, or ``teacher_stats`` (the seven tensors of an
-    :class:`EnsembleStats` over N positions), or hidden states and output layers (``teacher_inputs``,
+    :class:`EnsembleStats` over N positions), or ``teacher_top_k`` (the ten tensors of a
+    :class:`TopKEnsembleStats`), or hidden states and output layers (``teacher_inputs``,
     ``teacher_weights``, ``teacher_biases``: one stacked ``[N, M, D]`` / ``[M, V, D]`` / ``[M, V] | None`` entry,
     or M entries ``[N, D_m]`` / ``[V, D_m]`` / ``[V] | None``); ``mask [N]``.
 
@@ -335,8 +362,8 @@ def _linear_loss_op(
                    teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale)
     weights, biases = _heads(weight, bias, log_scale_weight, log_scale_bias)
     total, grad_input, grad_weights, grad_biases = _run(
-        input, weights, biases, teacher_logits, teacher_stats, teacher_inputs, teacher_weights, teacher_biases,
-        mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad)
+        input, weights, biases, teacher_logits, teacher_stats, teacher_top_k, teacher_inputs, teacher_weights,
+        teacher_biases, mask, grad_loss, loss, options, reduction, chunk_size, input_grad, weight_grad)
     return _outputs(input, total, grad_input, grad_weights, grad_biases)
 
 
@@ -363,10 +390,10 @@ _TENSOR_ARGS = _ARG["loss"]
 
 @_linear_loss_op.register_fake
 def _linear_loss_fake(input, weight, bias, log_scale_weight, log_scale_bias, teacher_logits, teacher_stats,
-                      teacher_inputs, teacher_weights, teacher_biases, mask, grad_loss, loss, *options):
+                      teacher_top_k, teacher_inputs, teacher_weights, teacher_biases, mask, grad_loss, loss, *options):
     reduction, input_grad, weight_grad = (options[_ARG[k] - _ARG["loss"] - 1]
                                           for k in ("reduction", "input_grad", "weight_grad"))
-    dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_inputs))
+    dtype = _loss_dtype(input, _teacher_dtype(teacher_logits, teacher_stats, teacher_top_k, teacher_inputs))
     total = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=dtype)
     computed = reduction != NONE or grad_loss is not None
     weights, biases = _heads(weight, bias, log_scale_weight, log_scale_bias)
@@ -423,9 +450,9 @@ _linear_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 def linear_loss(loss: str, input: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]], *,
                 teacher_logits: Optional[Tensor] = None, teacher_stats: Sequence[Tensor] = (),
-                teacher_inputs: Sequence[Tensor] = (), teacher_weights: Sequence[Tensor] = (),
-                teacher_biases: Sequence[Optional[Tensor]] = (), mask: Optional[Tensor], reduction: str,
-                chunk_size: Optional[int], **options) -> Tensor:
+                teacher_top_k: Sequence[Tensor] = (), teacher_inputs: Sequence[Tensor] = (),
+                teacher_weights: Sequence[Tensor] = (), teacher_biases: Sequence[Optional[Tensor]] = (),
+                mask: Optional[Tensor], reduction: str, chunk_size: Optional[int], **options) -> Tensor:
     """The loss of ``torch.ops.edd_ext.linear_loss`` (arguments already checked and flattened to N positions;
     ``weights`` / ``biases``: the student's one output layer, or the loc and log-scale heads), with the gradients
     computed only for what autograd needs."""
@@ -435,13 +462,15 @@ def linear_loss(loss: str, input: Tensor, weights: Sequence[Tensor], biases: Seq
     heads = list(zip(weights, biases)) + [(None, None)]
     (weight, bias), (log_scale_weight, log_scale_bias) = heads[:2]
     o = {**OPTIONS, **options}
+    detached = lambda ts: [None if t is None else t.detach() for t in ts]  # noqa: E731  (teachers: constants)
     return torch.ops.edd_ext.linear_loss(
         input, weight, bias, log_scale_weight, log_scale_bias,
-        None if teacher_logits is None else teacher_logits.detach(), [t.detach() for t in teacher_stats],
-        [t.detach() for t in teacher_inputs], [t.detach() for t in teacher_weights],
-        [None if t is None else t.detach() for t in teacher_biases], mask, None, loss, float(o["model_offset"]),
-        o["direction"], o["precision"], float(o["target_offset"]), float(o["eps"]),
-        None if o["max_precision"] is None else float(o["max_precision"]), bool(o["reference_code_compat"]),
-        o["teacher_norm"], float(o["temperature"]), float(o["min_scale"]), REDUCTION_CODES[reduction], chunk_size,
-        input_grad, weight_grad,
+        None if teacher_logits is None else teacher_logits.detach(), detached(teacher_stats), detached(teacher_top_k),
+        detached(teacher_inputs), detached(teacher_weights), detached(teacher_biases), mask, None, loss,
+        model_offset=float(o["model_offset"]), direction=o["direction"], precision=o["precision"],
+        target_offset=float(o["target_offset"]), eps=float(o["eps"]),
+        max_precision=None if o["max_precision"] is None else float(o["max_precision"]),
+        reference_code_compat=bool(o["reference_code_compat"]), teacher_norm=o["teacher_norm"],
+        temperature=float(o["temperature"]), min_scale=float(o["min_scale"]), reduction=REDUCTION_CODES[reduction],
+        chunk_size=chunk_size, input_grad=input_grad, weight_grad=weight_grad,
     )[0]
