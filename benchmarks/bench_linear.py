@@ -21,7 +21,10 @@ kernel buffers, the gradients of x, W and b) and nothing left from earlier cases
 which a shared machine's load disturbs less. Cases the unfused path cannot fit in the
 machine's available memory are listed as not run, with the memory they would need.
 
-    python benchmarks/bench_linear.py [--quick] [--repeats 3] [--chunk-size C] [--write]
+    python benchmarks/bench_linear.py [--size quick|small|full] [--repeats 3] [--chunk-size C] [--write]
+
+``--size small`` is the table a 2-core machine runs in about 15 minutes (N = 2048 for every loss, N = 8192 and
+V = 128000 for dirichlet_nll); ``full`` adds N = 8192 for every loss, N = 32768 and N = 8192 at V = 128000.
 """
 from __future__ import annotations
 
@@ -49,20 +52,25 @@ LOGIT = ("logit_gaussian_nll", "logit_laplace_nll")
 UNFUSED = ("unfused", "unfused-stats", "torch-lce")
 
 
-def default_cases(quick: bool):
-    """(loss, impl, N, V) of the table."""
-    if quick:
-        return [(loss, impl, 256, 4000) for loss in ("dirichlet_nll", "logit_gaussian_nll")
-                for impl in ("fused", "unfused")] + [("ensemble_kl", impl, 256, 4000)
-                                                      for impl in ("fused-stats", "unfused-stats", "torch-lce")]
+def _pair(loss: str, n: int, v: int):
+    return [(loss, "fused", n, v), (loss, "unfused", n, v)]
+
+
+def default_cases(size: str):
+    """(loss, impl, N, V) of the table of ``size`` ("quick", "small" or "full")."""
+    if size == "quick":
+        return _pair("dirichlet_nll", 256, 4000) + _pair("logit_gaussian_nll", 256, 4000) + [
+            ("ensemble_kl", impl, 256, 4000) for impl in ("fused-stats", "unfused-stats", "torch-lce")]
     cases = []
-    for n in (2048, 8192):
+    for n in (2048, 8192) if size == "full" else (2048,):
         for loss in ("dirichlet_nll", "proxy_dirichlet_kl", "ensemble_kl", "logit_gaussian_nll"):
-            cases += [(loss, "fused", n, 32000), (loss, "unfused", n, 32000)]
+            cases += _pair(loss, n, 32000)
         cases += [("ensemble_kl", impl, n, 32000) for impl in ("fused-stats", "unfused-stats", "torch-lce")]
-    cases += [("dirichlet_nll", "fused", 32768, 32000), ("dirichlet_nll", "unfused", 32768, 32000)]
+    if size == "small":
+        return cases + _pair("dirichlet_nll", 8192, 32000) + _pair("dirichlet_nll", 2048, 128000)
+    cases += _pair("dirichlet_nll", 32768, 32000)
     for n in (2048, 8192):
-        cases += [("dirichlet_nll", "fused", n, 128000), ("dirichlet_nll", "unfused", n, 128000)]
+        cases += _pair("dirichlet_nll", n, 128000)
     return cases
 
 
@@ -192,7 +200,8 @@ def table(results: list, skipped: list) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    p.add_argument("--size", choices=("quick", "small", "full"), default="full",
+                   help="the table: quick (a smoke run), small (about 15 minutes on 2 cores) or full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk-size", type=int, default=None, help="default: the automatic one")
     p.add_argument("--only", default=None, help="comma-separated losses to run (default: the table's)")
@@ -206,12 +215,13 @@ def main(argv=None):
         return None
     if not E.has_extension():
         sys.exit("bench_linear: the compiled extension is not built")
-    cases = default_cases(args.quick)
+    cases = default_cases(args.size)
     if args.only:
         cases = [c for c in cases if c[0] in args.only.split(",")]
     if args.vocab:
         cases = [c for c in cases if c[3] == args.vocab]
-    loads = [os.getloadavg()[0]]
+    start_load = os.getloadavg()
+    loads = [start_load[0]]
     started = _dt.datetime.now(_dt.timezone.utc)
     results, skipped = [], []
     for loss, impl, n, v in cases:
@@ -239,12 +249,15 @@ def main(argv=None):
         cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + given)
         chunk = args.chunk_size or f"automatic ({linear_op.auto_chunk_size(32000, M, D)} at V = 32000, " \
                                    f"{linear_op.auto_chunk_size(128000, M, D)} at V = 128000)"
+        minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
         with open(os.path.join(common.HERE, "RESULTS.md"), "a") as f:
-            f.write(f"\n## linear (fused linear losses, CPU)\n\n- date: {started:%Y-%m-%d %H:%M} UTC, {len(results)} "
-                    f"cases, {(_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60:.0f} min\n"
-                    f"- machine: {common.machine()}, torch {torch.__version__}\n"
+            f.write(f"\n## Fused linear losses (CPU, bench_linear.py)\n\n"
+                    f"- date: {started:%Y-%m-%d %H:%M} UTC, {len(results)} cases, {minutes:.0f} min\n"
+                    f"- machine: {common.machine()}, {torch.backends.cpu.get_cpu_capability()}, torch "
+                    f"{torch.__version__}\n"
                     f"- load average (1 min) over the run: min {min(loads):.1f}, median {statistics.median(loads):.1f}"
-                    f", max {max(loads):.1f} (the machine is shared)\n"
+                    f", max {max(loads):.1f}; at the start (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in start_load)} "
+                    f"(the machine is shared)\n"
                     f"- D = {D}, M = {M}, float32, chunk size {chunk}; teachers as LinearTeachers unless the column "
                     f"says EnsembleStats\n- command: `{cmd}`\n\n{text}\n")
     return results
