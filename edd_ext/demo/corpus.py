@@ -313,8 +313,8 @@ def file_corpus(train_src: str, train_tgt: str, test_src: str, test_tgt: str,
     dictionary = Dictionary(words)
     ood = synthetic_ood(data["test_src"], data["test_tgt"], dictionary, seed)
     add_ood_files(ood, ood_src)
-    description = (f"files {train_src}/{train_tgt}: V={len(dictionary)}, {len(tr_s)} train / "
-                   f"{len(data['test_src'])} test sentences")
+    description = (f"files {train_src} / {train_tgt}: {len(tr_s)} train / {len(data['test_src'])} test sentences, "
+                   f"V={len(dictionary)} word types")
     return Corpus(dictionary, tr_s, tr_t, data["test_src"], data["test_tgt"], ood, description, notes=notes)
 
 

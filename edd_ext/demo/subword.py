@@ -75,6 +75,6 @@ def apply_bpe(corpus: Corpus, vocab_size: int, save_to: Optional[Path] = None) -
     mean_pieces = sum(map(len, train_tgt)) / max(1, len(train_tgt))
     return Corpus(Dictionary(pieces), segment(corpus.train_src), train_tgt, segment(corpus.test_src),
                   segment(corpus.test_tgt), {k: segment(v) for k, v in corpus.ood_src.items()},
-                  f"{corpus.description}; joint BPE of {len(pieces)} pieces ({mean_pieces:.1f} pieces per "
-                  f"target sentence, {mean_words:.1f} words)",
+                  f"{corpus.description}, segmented into a joint BPE vocabulary of V={len(pieces)} pieces "
+                  f"({mean_pieces:.1f} pieces per target sentence, {mean_words:.1f} words)",
                   detokenize=subwords.detokenize, references=corpus.reference_text(), notes=list(corpus.notes))
