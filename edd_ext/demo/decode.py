@@ -242,6 +242,8 @@ def search(system: System, src: Tensor, max_len, *, beam: int = 1, min_len: int 
     last = torch.full((n * beam,), BOS, dtype=torch.long, device=device)
     finished = torch.zeros(n * beam, dtype=torch.bool, device=device)
     banned = torch.tensor(_BANNED, device=device)
+    pad_only = torch.full((1, system.models[0].cfg.vocab_size), -math.inf, device=device)
+    pad_only[:, PAD] = 0.0
     first_row = (torch.arange(n, device=device) * beam)[:, None]
     width = 0
     for t in range(steps):
@@ -250,11 +252,8 @@ def search(system: System, src: Tensor, max_len, *, beam: int = 1, min_len: int 
         logp[:, banned] = -math.inf
         if t < min_len:
             logp[:, EOS] = -math.inf
-        ended = finished | limit.le(t)
-        if bool(ended.any()):  # an ended hypothesis continues with PAD only, at no cost
-            pad_only = torch.full_like(logp[:1], -math.inf)
-            pad_only[:, PAD] = 0.0
-            logp = torch.where(ended[:, None], pad_only, logp)
+        ended = finished | limit.le(t)  # an ended hypothesis continues with PAD only, at no cost
+        logp = torch.where(ended[:, None], pad_only, logp)
         if beam == 1:  # greedy: the most probable token (the first of equals), whatever the prefix's score
             index = logp.argmax(-1, keepdim=True)
             scores = scores + logp.gather(-1, index)

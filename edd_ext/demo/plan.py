@@ -68,7 +68,8 @@ def trial_step_seconds(cfg: ModelConfig, batch: Batch, *, members: int, decode_r
     and backward) on ``batch``, and one incremental decoding step of ``decode_rows`` rows. The global random
     state is left as it was, so the run that follows is unchanged."""
     batch = batch.to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(0)
         model = Seq2Seq(cfg).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
