@@ -11,7 +11,9 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/edd_ext/*.h csrc/include/edd_ext/cuda/*.cuh)
+# every file the build reads, headers included, so that editing any of them triggers a rebuild
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu) \
+           $(wildcard csrc/include/edd_ext/*.h csrc/include/edd_ext/cpu/*.h csrc/include/edd_ext/cuda/*.cuh)
 
 .PHONY: demo test install clean
 

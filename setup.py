@@ -77,6 +77,14 @@ def _cpu_simd_flags():
     return [], "portable"
 
 
+def _version():
+    """The version from edd_ext/_version.py, without importing the package (its compiled part is not built yet)."""
+    scope = {}
+    with open(os.path.join(ROOT, "edd_ext", "_version.py")) as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
 def extensions():
     with_cuda, reason = _want_cuda()
     sources = ["csrc/module.cpp", "csrc/edd_ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
@@ -110,7 +118,7 @@ def extensions():
 
 setup(
     name="edd_ext",
-    version="0.1.0",
+    version=_version(),
     description="Fused ensemble-distribution-distillation losses and uncertainty measures for PyTorch",
     packages=find_packages(include=["edd_ext", "edd_ext.*"]),
     python_requires=">=3.9",

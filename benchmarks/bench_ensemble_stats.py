@@ -29,9 +29,9 @@ def run(device: torch.device, shapes, dtypes, repeats: int, compiled: bool):
         for dtype in dtypes:
             x = torch.randn(n, m, v, device=device).mul_(3).to(dtype)
             input_mib = x.numel() * x.element_size() / 2**20
-            impls = {"edd_ext": lambda: edd_ext.ensemble_stats(x), "eager": lambda: reference.ensemble_stats(x)}
+            impls = {"edd_ext": lambda x=x: edd_ext.ensemble_stats(x), "eager": lambda x=x: reference.ensemble_stats(x)}
             if compiled_ref is not None:
-                impls["compiled"] = lambda: compiled_ref(x)
+                impls["compiled"] = lambda x=x: compiled_ref(x)
             for impl, fn in impls.items():
                 ms = common.median_time(fn, device, repeats=repeats, warmup=1)
                 peak = common.peak_extra_memory(fn, device)
@@ -55,7 +55,8 @@ def main(argv=None):
     shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
     rows = run(device, shapes, [torch.float32, torch.bfloat16], args.repeats, not args.no_compile)
     if args.write:
-        common.write_results(rows, "python benchmarks/" + " ".join([os.path.basename(__file__)] + (argv or sys.argv[1:])),
+        command = " ".join([os.path.basename(__file__)] + (argv or sys.argv[1:]))
+        common.write_results(rows, "python benchmarks/" + command,
                              "ensemble_stats", os.path.join(common.HERE, "RESULTS.md"),
                              os.path.join(common.HERE, "results.csv"))
     return rows

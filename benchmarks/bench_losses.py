@@ -9,6 +9,7 @@ memory is not measured separately).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -77,7 +78,7 @@ def run(device, shapes, dtypes, losses, repeats, compiled):
                 input_mib = sum(a.numel() * a.element_size() for a in args) / 2**20
                 for mode, backward in (("forward", False), ("full", True)):
                     for impl, fn in impls.items():
-                        run_once = lambda: step(fn, args, params, backward)  # noqa: E731
+                        run_once = functools.partial(step, fn, args, params, backward)
                         try:
                             ms = common.median_time(run_once, device, repeats=repeats, warmup=1)
                             peak = common.peak_extra_memory(run_once, device)
@@ -113,7 +114,8 @@ def main(argv=None):
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     rows = run(device, shapes, dtypes, args.losses.split(","), args.repeats, not args.no_compile)
     if args.write:
-        cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + (argv if argv is not None else sys.argv[1:]))
+        args = argv if argv is not None else sys.argv[1:]
+        cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + args)
         common.write_results(rows, cmd, "losses", os.path.join(common.HERE, "RESULTS.md"),
                              os.path.join(common.HERE, "results.csv"),
                              notes="backward = full - forward, derived (no separate peak memory).")

@@ -7,6 +7,7 @@ the plain-PyTorch peers in edd_ext.reference (which materialise [*, S, V] sample
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -52,7 +53,7 @@ def run(device, shapes, dtypes, repeats, compiled, num_samples):
                 r = (0.3 * torch.randn(n, v, device=device) - 1).to(dtype)
                 input_mib = 2 * z.numel() * z.element_size() / 2**20
                 for impl, fn in impls.items():
-                    call = lambda: fn(z, r)  # noqa: E731
+                    call = functools.partial(fn, z, r)
                     try:
                         ms = common.median_time(call, device, repeats=repeats, warmup=1)
                         peak = common.peak_extra_memory(call, device)
@@ -82,7 +83,8 @@ def main(argv=None):
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     rows = run(device, shapes, dtypes, args.repeats, not args.no_compile, args.num_samples)
     if args.write:
-        cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + (argv if argv is not None else sys.argv[1:]))
+        args = argv if argv is not None else sys.argv[1:]
+        cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + args)
         common.write_results(rows, cmd, "uncertainty", os.path.join(common.HERE, "RESULTS.md"),
                              os.path.join(common.HERE, "results.csv"))
     return rows

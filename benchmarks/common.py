@@ -129,7 +129,8 @@ def add_ratios(rows: List[Row], ours: str = "edd_ext") -> None:
 def write_results(rows: List[Row], command: str, title: str, path_md: str, path_csv: str, notes: str = "") -> None:
     """Append a dated section to RESULTS.md and all rows to results.csv."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"\n## {title}\n\n- date: {stamp}\n- machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}\n- torch {torch.__version__}, Python "
+    header = (f"\n## {title}\n\n- date: {stamp}\n- machine: {machine()}; "
+              f"load average at the end {os.getloadavg()[0]:.1f}\n- torch {torch.__version__}, Python "
               f"{sys.version.split()[0]}\n- command: `{command}`\n")
     lines = [header, notes + "\n" if notes else "",
              "| op | mode | shape | dtype | impl | median ms | peak extra MiB | inputs MiB | × eager | × compiled |",

@@ -1,6 +1,8 @@
-// Every op schema of the edd_ext library, in one place. Implementations register per backend in
+// Every op schema of the edd_ext library, in one place: the public ops (torch.ops.edd_ext.*, exactly what the
+// Python API calls) and, in a namespace of their own, the ops that only the tests use to reach the shared math
+// and the noise generator (torch.ops.edd_ext_testing.*). Implementations register per backend in
 // csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); Python-side fake (meta) kernels and autograd live in
-// edd_ext/_ops.py.
+// edd_ext/_ops/ (one module per op family).
 #include <torch/library.h>
 
 TORCH_LIBRARY(edd_ext, m) {
@@ -12,10 +14,6 @@ TORCH_LIBRARY(edd_ext, m) {
   // teacher_logits [*, M, V] -> measures [*, 5] (total, data, mutual_information, epkl, rmi)
   m.def("ensemble_uncertainty(Tensor teacher_logits, float temperature, float smoothing) -> Tensor");
 
-  // ---- shared special functions, exposed so that tests reach the host/device math ----
-  // name: "lgamma" | "digamma" | "trigamma"; x > 0
-  m.def("special_function(Tensor x, str name) -> Tensor");
-
   // ---- distillation losses (SPEC section 2) ----
   // Each returns the loss (float32; float64 when the student or the teacher is float64) under `reduction`:
   // 0 = none, the per-position loss [*]; 1 = sum, 2 = mean over the unmasked positions (0 when none is),
@@ -23,7 +21,7 @@ TORCH_LIBRARY(edd_ext, m) {
   // student tensor(s) [*, V] in the student's dtype (an empty [0] tensor otherwise): of each position's own
   // loss for none and sum, divided by the unmasked positions for mean. reuse_grad: the caller drops the gradient
   // output (as the edd_ext.* wrappers do), so the registered backward may hand that very tensor to autograd or
-  // scale it in place when the graph is freed after it (edd_ext/_loss_ops.py); keep it False when holding it. The teacher is either raw logits [*, M, V] or the rows
+  // scale it in place when the graph is freed after it (edd_ext/_ops/losses.py); keep it False when holding it. The teacher is either raw logits [*, M, V] or the rows
   // of an EnsembleStats [*, V] (exactly one of them); it is a constant. Masked positions (mask [*] False)
   // get loss 0 and gradient 0 whatever they hold.
   //
@@ -60,7 +58,14 @@ TORCH_LIBRARY(edd_ext, m) {
   m.def(
       "logit_distribution_uncertainty(Tensor loc, Tensor log_scale, str family, int num_samples, int seed,"
       " float temperature, float min_scale) -> Tensor");
-  // Test access to the generator: counters [*, 4] (int64 holding 32-bit words) -> [*, 4] Philox4x32-10 output
+}
+
+// Test-only ops: not part of the public API, kept out of torch.ops.edd_ext.
+TORCH_LIBRARY(edd_ext_testing, m) {
+  // The shared special functions, so that tests reach the host/device math: name "lgamma" | "digamma" |
+  // "trigamma" (and "simd_*" on CPU); x > 0
+  m.def("special_function(Tensor x, str name) -> Tensor");
+  // Access to the generator: counters [*, 4] (int64 holding 32-bit words) -> [*, 4] Philox4x32-10 output
   // words under the key (seed mod 2^32, seed div 2^32).
   m.def("philox4x32(Tensor counters, int seed) -> Tensor");
   // The float32 noise the logit kernels draw at positions [P] (int64 indices): [P, num_samples, vocab].

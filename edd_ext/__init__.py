@@ -4,11 +4,10 @@ See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyT
 """
 from . import amalgamation, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
+from ._version import __version__  # noqa: F401  (the version, single-sourced)
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
 from .types import DirichletUncertainty, EnsembleStats, Uncertainty
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ensemble_stats",

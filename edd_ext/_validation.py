@@ -1,11 +1,85 @@
-"""Structural checks shared by the public functions: each raises ``ValueError`` naming the argument,
-what was expected and what was seen, before any kernel runs (SPEC section 5)."""
+"""Every argument check of the public functions, in one place: each raises ``ValueError`` naming the argument,
+what was expected and what was seen, before any kernel runs (SPEC section 5). The fused path, the
+plain-PyTorch reference and the ``nn.Module`` forms call the same checks, so they reject the same inputs with the
+same messages (tests pin the messages)."""
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .types import EnsembleStats
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("none", "sum", "mean")
+DIRECTIONS = ("reverse", "forward")
+PRECISIONS = ("mkl", "epkl")
+TEACHER_NORMS = ("log_softmax", "center", "none")
+FAMILIES = ("gaussian", "laplace")
+
+# --------------------------------------------------------------------------------------------------
+# Numbers and choices
+# --------------------------------------------------------------------------------------------------
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float,
+    strict: bool = False,
+    maximum: Optional[float] = None,
+) -> None:
+    """``value`` must be a finite real number >= ``minimum`` (> when ``strict``) and <= ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if (value <= minimum) if strict else (value < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name}: expected a number {relation} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected a number <= {maximum}, got {value!r}")
+
+
+def check_real(name: str, value: object, *, minimum: float, strict: bool) -> None:
+    """Like :func:`check_number` (no maximum), with one message for every failure: "a finite number >= m"."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if strict else value < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name}: expected a finite number {relation} {minimum}, got {value!r}")
+
+
+def check_int(name: str, value: object, low: int, high: int) -> None:
+    """``value`` must be an ``int`` in ``[low, high)``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value < high:
+        raise ValueError(f"{name}: expected an int in [{low}, {high}), got {value!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (value > 0):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected a bool, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------------------
 
 
 def check_float_tensor(name: str, x: object, min_dim: int = 1) -> None:
@@ -47,11 +121,175 @@ def check_same_device(**tensors: Tensor) -> None:
             raise ValueError(f"{name}: expected device {first.device} (that of {first_name}), got {t.device}")
 
 
-def check_positive(name: str, value: float) -> None:
-    if not (value > 0):
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+def check_mask(mask: Optional[Tensor], batch_shape: torch.Size, device: torch.device) -> None:
+    """``mask`` must be a bool tensor of the positions' shape ``[*]`` on the inputs' device."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask: expected a bool Tensor of shape {tuple(batch_shape)}, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask: expected dtype torch.bool, got {mask.dtype} (shape {tuple(mask.shape)})")
+    if mask.shape != batch_shape:
+        raise ValueError(
+            f"mask: expected shape {tuple(batch_shape)} (the positions' shape), got {tuple(mask.shape)}"
+        )
+    if mask.device != device:
+        raise ValueError(f"mask: expected device {device}, got {mask.device}")
 
 
-def check_choice(name: str, value: str, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+def check_stats(name: str, stats: EnsembleStats) -> None:
+    """The fields of an :class:`EnsembleStats`: ``[*, V]`` mean (log-)probabilities and ``[*]`` measures."""
+    for field in EnsembleStats._fields[:-1]:
+        value = getattr(stats, field)
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name}.{field}: expected a Tensor, got {type(value).__name__}")
+    check_float_tensor(f"{name}.mean_probs", stats.mean_probs, min_dim=1)
+    shape = stats.mean_probs.shape
+    if shape[-1] < 2:
+        raise ValueError(f"{name}.mean_probs: expected V >= 2 classes in [*, V], got shape {tuple(shape)}")
+    check_float_tensor(f"{name}.mean_log_probs", stats.mean_log_probs, min_dim=1)
+    if stats.mean_log_probs.shape != shape:
+        raise ValueError(
+            f"{name}.mean_log_probs: expected the shape of {name}.mean_probs {tuple(shape)}, "
+            f"got {tuple(stats.mean_log_probs.shape)}"
+        )
+    for field in ("total", "data", "mutual_information", "epkl", "rmi"):
+        value = getattr(stats, field)
+        if value.shape != shape[:-1]:
+            raise ValueError(
+                f"{name}.{field}: expected shape {tuple(shape[:-1])} (the positions of {name}.mean_probs "
+                f"{tuple(shape)}), got {tuple(value.shape)}"
+            )
+
+
+def check_teacher(student_name: str, student: Tensor, teacher: object, mask: Optional[Tensor]) -> torch.dtype:
+    """Structural checks of ``student [*, V]``, ``teacher`` (``[*, M, V]`` logits or an
+    :class:`EnsembleStats`) and ``mask``; returns the teacher's dtype."""
+    check_student_logits(student_name, student)
+    if isinstance(teacher, EnsembleStats):
+        check_stats("teacher", teacher)
+        if teacher.mean_probs.shape != student.shape:
+            raise ValueError(
+                f"teacher: expected EnsembleStats with mean_probs of shape {tuple(student.shape)} "
+                f"(that of {student_name}), got {tuple(teacher.mean_probs.shape)}"
+            )
+        teacher_tensors = {f"teacher.{f}": getattr(teacher, f) for f in EnsembleStats._fields[:-1]}
+        teacher_dtype = teacher.mean_probs.dtype
+    elif isinstance(teacher, Tensor):
+        check_teacher_logits("teacher", teacher)
+        expected = tuple(student.shape[:-1]) + ("M",) + tuple(student.shape[-1:])
+        if teacher.shape[:-2] != student.shape[:-1] or teacher.shape[-1] != student.shape[-1]:
+            raise ValueError(
+                f"teacher: expected [*, M, V] logits of shape {expected} to match {student_name} of shape "
+                f"{tuple(student.shape)} ([*, V]), got {tuple(teacher.shape)}"
+            )
+        teacher_tensors = {"teacher": teacher}
+        teacher_dtype = teacher.dtype
+    else:
+        raise ValueError(
+            f"teacher: expected a Tensor [*, M, V] of teacher logits or an EnsembleStats, "
+            f"got {type(teacher).__name__}"
+        )
+    check_same_device(**{student_name: student}, **teacher_tensors)
+    check_mask(mask, student.shape[:-1], student.device)
+    return teacher_dtype
+
+
+def check_loc_scale(loc: Tensor, log_scale: Tensor) -> None:
+    """A logit-space student's ``loc`` and ``log_scale``: ``[*, V]`` each, same shape, dtype and device."""
+    check_student_logits("loc", loc)
+    check_student_logits("log_scale", log_scale)
+    if log_scale.shape != loc.shape:
+        raise ValueError(
+            f"log_scale: expected the shape of loc {tuple(loc.shape)} ([*, V]), got {tuple(log_scale.shape)}"
+        )
+    if log_scale.dtype != loc.dtype:
+        raise ValueError(
+            f"log_scale: expected the dtype of loc ({loc.dtype}), got {log_scale.dtype} "
+            f"(shape {tuple(log_scale.shape)})"
+        )
+    check_same_device(loc=loc, log_scale=log_scale)
+
+
+def check_logit_teacher(loc: Tensor, teacher_logits: object, mask: Optional[Tensor]) -> None:
+    """The member logits ``[*, M, V]`` a logit-space loss needs, matching ``loc [*, V]``, and ``mask``."""
+    if isinstance(teacher_logits, EnsembleStats):
+        raise ValueError(
+            "teacher_logits: the logit-space losses need every member's logits [*, M, V]; "
+            "an EnsembleStats does not carry them"
+        )
+    check_teacher_logits("teacher_logits", teacher_logits)
+    if teacher_logits.shape[:-2] != loc.shape[:-1] or teacher_logits.shape[-1] != loc.shape[-1]:
+        expected = tuple(loc.shape[:-1]) + ("M",) + tuple(loc.shape[-1:])
+        raise ValueError(
+            f"teacher_logits: expected [*, M, V] logits of shape {expected} to match loc of shape "
+            f"{tuple(loc.shape)} ([*, V]), got {tuple(teacher_logits.shape)}"
+        )
+    check_same_device(loc=loc, teacher_logits=teacher_logits)
+    check_mask(mask, loc.shape[:-1], loc.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# The options of each public function (shared by the function, its reference and its nn.Module form)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_stats_options(temperature: float, smoothing: float) -> None:
+    """``ensemble_stats`` / ``uncertainty.ensemble``: T > 0 and smoothing in [0, 1)."""
+    if not (float(temperature) > 0):
+        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+    if not (0.0 <= float(smoothing) < 1.0):
+        raise ValueError(f"smoothing: expected a number in [0, 1), got {smoothing!r}")
+
+
+def check_dirichlet_nll_options(*, model_offset: float, reduction: str) -> None:
+    check_reduction(reduction)
+    check_number("model_offset", model_offset, minimum=0.0)
+
+
+def check_proxy_dirichlet_kl_options(
+    *,
+    direction: str,
+    precision: str,
+    model_offset: float,
+    target_offset: float,
+    eps: float,
+    max_precision: Optional[float],
+    reference_code_compat: bool,
+    reduction: str,
+) -> None:
+    check_reduction(reduction)
+    check_choice("direction", direction, DIRECTIONS)
+    check_choice("precision", precision, PRECISIONS)
+    check_number("model_offset", model_offset, minimum=0.0)
+    check_number("target_offset", target_offset, minimum=0.0)
+    check_number("eps", eps, minimum=0.0, strict=True)
+    if max_precision is not None:
+        check_number("max_precision", max_precision, minimum=0.0, strict=True)
+    check_bool("reference_code_compat", reference_code_compat)
+    if reference_code_compat and direction != "reverse":
+        raise ValueError(
+            f"reference_code_compat: the released code's objective exists for direction='reverse' only, "
+            f"got direction={direction!r}"
+        )
+
+
+def check_logit_nll_options(*, teacher_norm: str, temperature: float, min_scale: float, reduction: str) -> None:
+    check_reduction(reduction)
+    check_choice("teacher_norm", teacher_norm, TEACHER_NORMS)
+    check_number("temperature", temperature, minimum=0.0, strict=True)
+    check_number("min_scale", min_scale, minimum=0.0)
+
+
+def check_ensemble_kl_options(*, reduction: str) -> None:
+    check_reduction(reduction)
+
+
+def check_dirichlet_uncertainty_options(model_offset: object) -> None:
+    if (
+        isinstance(model_offset, bool)
+        or not isinstance(model_offset, numbers.Real)
+        or not math.isfinite(model_offset)
+        or model_offset < 0
+    ):
+        raise ValueError(f"model_offset: expected a finite number >= 0, got {model_offset!r}")

@@ -149,7 +149,7 @@ class RejectionCurve(NamedTuple):
     prr: float
 
 
-def _check_pair(uncertainty: ArrayLike, error: ArrayLike) -> "tuple[np.ndarray, np.ndarray]":
+def _check_pair(uncertainty: ArrayLike, error: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     u = _as_float64("uncertainty", uncertainty)
     e = _as_float64("error", error, allow_inf=False)
     if u.size != e.size:

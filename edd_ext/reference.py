@@ -26,18 +26,25 @@ Conventions (SPEC section 0):
 from __future__ import annotations
 
 import math
-from numbers import Real
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._reduction import check_mask, check_reduction, reduce_loss
+from . import _signatures as S
 from ._validation import (
+    FAMILIES,
     check_choice,
-    check_float_tensor,
-    check_same_device,
+    check_dirichlet_nll_options,
+    check_ensemble_kl_options,
+    check_loc_scale,
+    check_logit_nll_options,
+    check_logit_teacher,
+    check_number,
+    check_proxy_dirichlet_kl_options,
+    check_stats_options,
     check_student_logits,
+    check_teacher,
     check_teacher_logits,
 )
 from .types import DirichletUncertainty, EnsembleStats, Uncertainty
@@ -55,13 +62,10 @@ __all__ = [
     "gaussian_epkl_approximation",
 ]
 
-#: A teacher is either raw logits ``[*, M, V]`` or precomputed :class:`EnsembleStats`.
-Teacher = Union[Tensor, EnsembleStats]
-
-DIRECTIONS = ("reverse", "forward")
-PRECISIONS = ("mkl", "epkl")
-TEACHER_NORMS = ("log_softmax", "center", "none")
-FAMILIES = ("gaussian", "laplace")
+Teacher = S.Teacher
+_REFERENCE = """
+    Implementation: the plain-PyTorch definition (materialises ``[*, M, V]``; the test oracle and benchmark peer).
+"""
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
@@ -80,22 +84,22 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return result
 
 
-def _check_number(
-    name: str,
-    value: object,
-    *,
-    minimum: float,
-    strict: bool = False,
-    maximum: Optional[float] = None,
-) -> None:
-    """``value`` must be a finite real number >= ``minimum`` (> when ``strict``) and <= ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if (value <= minimum) if strict else (value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name}: expected a number {relation} {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}: expected a number <= {maximum}, got {value!r}")
+def reduce_loss(loss: Tensor, mask: Optional[Tensor], reduction: str) -> Tensor:
+    """Reduce a per-position loss ``[*]``.
+
+    Masked positions (``mask == False``) contribute exactly zero, whatever their value (NaN included):
+    they are selected away with ``torch.where``, never multiplied by zero.
+    ``"mean"`` divides by the number of unmasked positions and is 0 when there are none.
+    """
+    if mask is not None:
+        loss = torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    count = mask.sum() if mask is not None else torch.tensor(loss.numel(), device=loss.device)
+    return total / count.clamp_min(1).to(loss.dtype)
 
 
 def _log_of(value: float) -> float:
@@ -162,70 +166,12 @@ def _dirichlet_entropy(alpha: Tensor, alpha0: Tensor) -> Tensor:
     return _log_beta(alpha, alpha0) - ((alpha - 1.0) * expected_log).sum(-1)
 
 
-def _check_stats(name: str, stats: EnsembleStats) -> None:
-    """The fields of an :class:`EnsembleStats`: ``[*, V]`` mean (log-)probabilities and ``[*]`` measures."""
-    for field in EnsembleStats._fields[:-1]:
-        value = getattr(stats, field)
-        if not isinstance(value, Tensor):
-            raise ValueError(f"{name}.{field}: expected a Tensor, got {type(value).__name__}")
-    check_float_tensor(f"{name}.mean_probs", stats.mean_probs, min_dim=1)
-    shape = stats.mean_probs.shape
-    if shape[-1] < 2:
-        raise ValueError(f"{name}.mean_probs: expected V >= 2 classes in [*, V], got shape {tuple(shape)}")
-    check_float_tensor(f"{name}.mean_log_probs", stats.mean_log_probs, min_dim=1)
-    if stats.mean_log_probs.shape != shape:
-        raise ValueError(
-            f"{name}.mean_log_probs: expected the shape of {name}.mean_probs {tuple(shape)}, "
-            f"got {tuple(stats.mean_log_probs.shape)}"
-        )
-    for field in ("total", "data", "mutual_information", "epkl", "rmi"):
-        value = getattr(stats, field)
-        if value.shape != shape[:-1]:
-            raise ValueError(
-                f"{name}.{field}: expected shape {tuple(shape[:-1])} (the positions of {name}.mean_probs "
-                f"{tuple(shape)}), got {tuple(value.shape)}"
-            )
-
-
-def _check_teacher(student_name: str, student: Tensor, teacher: Teacher, mask: Optional[Tensor]) -> torch.dtype:
-    """Structural checks of ``student [*, V]``, ``teacher`` and ``mask`` (shared with the fused losses);
-    returns the teacher's dtype."""
-    check_student_logits(student_name, student)
-    if isinstance(teacher, EnsembleStats):
-        _check_stats("teacher", teacher)
-        if teacher.mean_probs.shape != student.shape:
-            raise ValueError(
-                f"teacher: expected EnsembleStats with mean_probs of shape {tuple(student.shape)} "
-                f"(that of {student_name}), got {tuple(teacher.mean_probs.shape)}"
-            )
-        teacher_tensors = {f"teacher.{f}": getattr(teacher, f) for f in EnsembleStats._fields[:-1]}
-        teacher_dtype = teacher.mean_probs.dtype
-    elif isinstance(teacher, Tensor):
-        check_teacher_logits("teacher", teacher)
-        expected = tuple(student.shape[:-1]) + ("M",) + tuple(student.shape[-1:])
-        if teacher.shape[:-2] != student.shape[:-1] or teacher.shape[-1] != student.shape[-1]:
-            raise ValueError(
-                f"teacher: expected [*, M, V] logits of shape {expected} to match {student_name} of shape "
-                f"{tuple(student.shape)} ([*, V]), got {tuple(teacher.shape)}"
-            )
-        teacher_tensors = {"teacher": teacher}
-        teacher_dtype = teacher.dtype
-    else:
-        raise ValueError(
-            f"teacher: expected a Tensor [*, M, V] of teacher logits or an EnsembleStats, "
-            f"got {type(teacher).__name__}"
-        )
-    check_same_device(**{student_name: student}, **teacher_tensors)
-    check_mask(mask, student.shape[:-1], student.device)
-    return teacher_dtype
-
-
 def _resolve_teacher(
     student_name: str, student: Tensor, teacher: Teacher, mask: Optional[Tensor]
 ) -> tuple[Tensor, EnsembleStats]:
     """Validate ``student [*, V]``, ``teacher`` and ``mask``; return the student (upcast, masked
     positions set to 0) and the teacher's statistics (detached, same dtype, masked positions made finite)."""
-    teacher_dtype = _check_teacher(student_name, student, teacher, mask)
+    teacher_dtype = check_teacher(student_name, student, teacher, mask)
     dtype = _compute_dtype(student.dtype, teacher_dtype)
     student = _fill_masked(student.to(dtype), mask, 0.0)
     if isinstance(teacher, Tensor):
@@ -243,21 +189,6 @@ def _resolve_teacher(
         num_members=teacher.num_members,
     )
     return student, stats
-
-
-def _check_loc_scale(loc: Tensor, log_scale: Tensor) -> None:
-    check_student_logits("loc", loc)
-    check_student_logits("log_scale", log_scale)
-    if log_scale.shape != loc.shape:
-        raise ValueError(
-            f"log_scale: expected the shape of loc {tuple(loc.shape)} ([*, V]), got {tuple(log_scale.shape)}"
-        )
-    if log_scale.dtype != loc.dtype:
-        raise ValueError(
-            f"log_scale: expected the dtype of loc ({loc.dtype}), got {log_scale.dtype} "
-            f"(shape {tuple(log_scale.shape)})"
-        )
-    check_same_device(loc=loc, log_scale=log_scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,11 +250,10 @@ def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothin
 
     Args:
         temperature: T > 0, divides the logits.
-        smoothing: eps in [0, 1], central smoothing of every member's probabilities.
+        smoothing: eps in [0, 1), central smoothing of every member's probabilities.
     """
     check_teacher_logits("teacher_logits", teacher_logits)
-    _check_number("temperature", temperature, minimum=0.0, strict=True)
-    _check_number("smoothing", smoothing, minimum=0.0, maximum=1.0)
+    check_stats_options(temperature, smoothing)
     logits = teacher_logits.to(_compute_dtype(teacher_logits.dtype))
     return _ensemble_stats(logits, temperature=temperature, smoothing=smoothing)
 
@@ -342,34 +272,9 @@ def ensemble_uncertainty(teacher_logits: Tensor, *, temperature: float = 1.0, sm
 # --------------------------------------------------------------------------------------------------
 
 
-def dirichlet_nll(
-    student_logits: Tensor,
-    teacher: Teacher,
-    *,
-    model_offset: float = 1.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """EnD^2: negative log-likelihood of the members' probability vectors under the student Dirichlet
-    (SPEC section 2.1).
-
-    With alpha_k = exp(z_k) + c (c = ``model_offset``) and alpha_0 = sum_k alpha_k:
-
-        L = sum_k lnGamma(alpha_k) - lnGamma(alpha_0) - sum_k (alpha_k - 1) l-_k
-          = -(1/M) sum_m ln Dir(pi^(m) | alpha)
-
-        dL/dz_k = (alpha_k - c) (psi(alpha_k) - psi(alpha_0) - l-_k)
-
-    Only the mean log-probability l- of the teacher is needed. With M = 1 or identical members the loss is
-    unbounded below in the precision direction (the model's nature); it stays finite for finite inputs.
-
-    Shape:
-        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`EnsembleStats` with
-        ``[*, V]`` fields; mask: ``[*]`` bool (True = a real position).
-        Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    check_reduction(reduction)
-    _check_number("model_offset", model_offset, minimum=0.0)
+@S.implements(S.dirichlet_nll, note=_REFERENCE)
+def dirichlet_nll(student_logits, teacher, *, model_offset, mask, reduction):
+    check_dirichlet_nll_options(model_offset=model_offset, reduction=reduction)
     z, stats = _resolve_teacher("student_logits", student_logits, teacher, mask)
 
     alpha, _ = _concentrations(z, model_offset)
@@ -378,69 +283,13 @@ def dirichlet_nll(
     return reduce_loss(loss, mask, reduction)
 
 
-def proxy_dirichlet_kl(
-    student_logits: Tensor,
-    teacher: Teacher,
-    *,
-    direction: str = "reverse",
-    precision: str = "mkl",
-    model_offset: float = 1.0,
-    target_offset: float = 1.0,
-    eps: float = 1.1920929e-7,
-    max_precision: Optional[float] = None,
-    reference_code_compat: bool = False,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Proxy-Dirichlet KL: distil to a Dirichlet with the ensemble's mean and a precision derived from
-    its diversity (SPEC section 2.2).
-
-    Target precision from the ensemble measures:
-
-        precision="mkl"  (default):  beta^_0 = (V - 1) / (2 max(RMI, 0) + eps)
-        precision="epkl":            beta^_0 = (V - 1) / (max(EPKL, 0) + eps)
-
-    optionally clamped to ``max_precision``. Target concentrations beta_k = beta^_0 pi^_k + t and
-    beta_0 = beta^_0 + t V (t = ``target_offset``; t = 1 puts the target's mode at pi^). Student
-    concentrations alpha_k = exp(z_k) + c (c = ``model_offset``).
-
-        direction="reverse" (default, the published method):  L = KL[Dir(alpha) || Dir(beta)] / beta_0
-        direction="forward":                                   L = KL[Dir(beta) || Dir(alpha)] / beta_0
-
-    with KL[Dir(a) || Dir(b)] = lnGamma(a_0) - sum lnGamma(a_k) - lnGamma(b_0) + sum lnGamma(b_k)
-    + sum_k (a_k - b_k)(psi(a_k) - psi(a_0)). The loss is >= 0 and exactly 0 when alpha = beta. The target is
-    a constant: no gradient reaches the teacher.
-
-    ``reference_code_compat=True`` (reverse direction only) reproduces the objective of the authors'
-    released code instead:
-
-        L = -sum_k pi^_k (psi(alpha_k) - psi(alpha_0)) - H[Dir(alpha)] / beta_0,
-        H[Dir(alpha)] = sum lnGamma(alpha_k) - lnGamma(alpha_0) - sum (alpha_k - 1)(psi(alpha_k) - psi(alpha_0)).
-
-    It differs from the exact KL / beta_0 by a z-dependent term: beta_0 times it equals
-    KL[Dir(alpha) || Dir(beta_0 pi^ + 1)] up to a constant, so its optimum is alpha = beta_0 pi^ + 1, of
-    precision beta^_0 + (t + 1) V (beta^_0 + 2V for the default t = 1) instead of beta^_0 + tV. It is not
-    zero at its optimum. Use it only to match published numbers.
-
-    Shape:
-        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`EnsembleStats`;
-        mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    check_reduction(reduction)
-    check_choice("direction", direction, DIRECTIONS)
-    check_choice("precision", precision, PRECISIONS)
-    _check_number("model_offset", model_offset, minimum=0.0)
-    _check_number("target_offset", target_offset, minimum=0.0)
-    _check_number("eps", eps, minimum=0.0, strict=True)
-    if max_precision is not None:
-        _check_number("max_precision", max_precision, minimum=0.0, strict=True)
-    if not isinstance(reference_code_compat, bool):
-        raise ValueError(f"reference_code_compat: expected a bool, got {reference_code_compat!r}")
-    if reference_code_compat and direction != "reverse":
-        raise ValueError(
-            f"reference_code_compat: the released code's objective exists for direction='reverse' only, "
-            f"got direction={direction!r}"
-        )
+@S.implements(S.proxy_dirichlet_kl, note=_REFERENCE)
+def proxy_dirichlet_kl(student_logits, teacher, *, direction, precision, model_offset, target_offset, eps,
+                       max_precision, reference_code_compat, mask, reduction):
+    check_proxy_dirichlet_kl_options(
+        direction=direction, precision=precision, model_offset=model_offset, target_offset=target_offset, eps=eps,
+        max_precision=max_precision, reference_code_compat=reference_code_compat, reduction=reduction,
+    )
     z, stats = _resolve_teacher("student_logits", student_logits, teacher, mask)
     num_classes = z.shape[-1]
 
@@ -478,18 +327,12 @@ def _logit_targets(teacher_logits: Tensor, teacher_norm: str, temperature: float
     return scaled
 
 
-def _resolve_logit_inputs(
-    loc: Tensor,
-    log_scale: Tensor,
-    teacher_logits: Tensor,
-    teacher_norm: str,
-    temperature: float,
-    min_scale: float,
-    mask: Optional[Tensor],
-    reduction: str,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _resolve_logit_inputs(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
     """Checks shared by the logit-space losses; returns (mu, rho, x) upcast, masked positions made finite."""
-    _check_logit_inputs(loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction)
+    check_logit_nll_options(teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale,
+                            reduction=reduction)
+    check_loc_scale(loc, log_scale)
+    check_logit_teacher(loc, teacher_logits, mask)
     dtype = _compute_dtype(loc.dtype, teacher_logits.dtype)
     mu = _fill_masked(loc.to(dtype), mask, 0.0)
     rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
@@ -497,59 +340,10 @@ def _resolve_logit_inputs(
     return mu, rho, _logit_targets(u, teacher_norm, temperature)
 
 
-def _check_logit_inputs(loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction):
-    """Structural checks of the logit-space losses' arguments (shared with the fused losses)."""
-    check_reduction(reduction)
-    check_choice("teacher_norm", teacher_norm, TEACHER_NORMS)
-    _check_number("temperature", temperature, minimum=0.0, strict=True)
-    _check_number("min_scale", min_scale, minimum=0.0)
-    _check_loc_scale(loc, log_scale)
-    if isinstance(teacher_logits, EnsembleStats):
-        raise ValueError(
-            "teacher_logits: the logit-space losses need every member's logits [*, M, V]; "
-            "an EnsembleStats does not carry them"
-        )
-    check_teacher_logits("teacher_logits", teacher_logits)
-    if teacher_logits.shape[:-2] != loc.shape[:-1] or teacher_logits.shape[-1] != loc.shape[-1]:
-        expected = tuple(loc.shape[:-1]) + ("M",) + tuple(loc.shape[-1:])
-        raise ValueError(
-            f"teacher_logits: expected [*, M, V] logits of shape {expected} to match loc of shape "
-            f"{tuple(loc.shape)} ([*, V]), got {tuple(teacher_logits.shape)}"
-        )
-    check_same_device(loc=loc, teacher_logits=teacher_logits)
-    check_mask(mask, loc.shape[:-1], loc.device)
-
-
-def logit_gaussian_nll(
-    loc: Tensor,
-    log_scale: Tensor,
-    teacher_logits: Tensor,
-    *,
-    teacher_norm: str = "log_softmax",
-    temperature: float = 1.0,
-    min_scale: float = 0.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Gaussian NLL of the members' normalised logits (SPEC section 2.3).
-
-    With s_k = exp(rho_k) + ``min_scale`` and targets x^(m) (``teacher_norm``: ``"log_softmax"`` of u/T,
-    ``"center"``: u/T minus each member's mean logit, ``"none"``: u/T):
-
-        L = sum_k [ ln s_k + 1/2 ln 2pi + v_k / (2 s_k^2) ],   v_k = (1/M) sum_m (x^(m)_k - mu_k)^2
-
-    v is accumulated in centred form, v = (1/M) sum_m (x - x-)^2 + (x- - mu)^2 with x- = (1/M) sum_m x^(m),
-    never as E[x^2] - 2 mu E[x] + mu^2 (which cancels catastrophically in float32).
-
-        dL/dmu_k = (mu_k - x-_k) / s_k^2,   dL/drho_k = (1 - v_k / s_k^2) (s_k - min_scale) / s_k
-
-    Shape:
-        loc, log_scale: ``[*, V]``; teacher_logits: ``[*, M, V]``; mask: ``[*]`` bool.
-        Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    mu, rho, x = _resolve_logit_inputs(
-        loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction
-    )
+@S.implements(S.logit_gaussian_nll, note=_REFERENCE)
+def logit_gaussian_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
+    mu, rho, x = _resolve_logit_inputs(loc, log_scale, teacher_logits, teacher_norm=teacher_norm,
+                                       temperature=temperature, min_scale=min_scale, mask=mask, reduction=reduction)
     scale, log_s = _scale(rho, min_scale)
 
     mean_x = x.mean(-2)  # x-      [*, V]
@@ -559,34 +353,10 @@ def logit_gaussian_nll(
     return reduce_loss(loss, mask, reduction)
 
 
-def logit_laplace_nll(
-    loc: Tensor,
-    log_scale: Tensor,
-    teacher_logits: Tensor,
-    *,
-    teacher_norm: str = "log_softmax",
-    temperature: float = 1.0,
-    min_scale: float = 0.0,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Laplace NLL of the members' normalised logits (SPEC section 2.3).
-
-    With s_k = exp(rho_k) + ``min_scale`` and targets x^(m) as in :func:`logit_gaussian_nll`:
-
-        L = sum_k [ ln s_k + ln 2 + a_k / s_k ],   a_k = (1/M) sum_m |x^(m)_k - mu_k|
-
-    The absolute deviations need every member (there is no sufficient statistic).
-
-        dL/dmu_k = -(1/(M s_k)) sum_m sign(x^(m)_k - mu_k),   dL/drho_k = (1 - a_k / s_k) (s_k - min_scale) / s_k
-
-    Shape:
-        loc, log_scale: ``[*, V]``; teacher_logits: ``[*, M, V]``; mask: ``[*]`` bool.
-        Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    mu, rho, x = _resolve_logit_inputs(
-        loc, log_scale, teacher_logits, teacher_norm, temperature, min_scale, mask, reduction
-    )
+@S.implements(S.logit_laplace_nll, note=_REFERENCE)
+def logit_laplace_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
+    mu, rho, x = _resolve_logit_inputs(loc, log_scale, teacher_logits, teacher_norm=teacher_norm,
+                                       temperature=temperature, min_scale=min_scale, mask=mask, reduction=reduction)
     scale, log_s = _scale(rho, min_scale)
 
     abs_dev = (x - mu.unsqueeze(-2)).abs().mean(-2)  # a = (1/M) sum_m |x - mu|   [*, V]
@@ -594,24 +364,9 @@ def logit_laplace_nll(
     return reduce_loss(loss, mask, reduction)
 
 
-def ensemble_kl(
-    student_logits: Tensor,
-    teacher: Teacher,
-    *,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """EnD baseline: KL from the ensemble mean to the student's categorical (SPEC section 2.4).
-
-        L = sum_k pi^_k (ln pi^_k - log_softmax(z)_k),   dL/dz = softmax(z) - pi^
-
-    Standard distillation to the ensemble mean; it gives no knowledge uncertainty.
-
-    Shape:
-        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`EnsembleStats`;
-        mask: ``[*]`` bool. Output: ``[*]`` for ``reduction="none"``, else a scalar.
-    """
-    check_reduction(reduction)
+@S.implements(S.ensemble_kl, note=_REFERENCE)
+def ensemble_kl(student_logits, teacher, *, mask, reduction):
+    check_ensemble_kl_options(reduction=reduction)
     z, stats = _resolve_teacher("student_logits", student_logits, teacher, mask)
     target = stats.mean_probs
     student_log_probs = torch.log_softmax(z, dim=-1)
@@ -643,7 +398,7 @@ def dirichlet_uncertainty(student_logits: Tensor, *, model_offset: float = 1.0) 
         student_logits: ``[*, V]``. Output: :class:`DirichletUncertainty` with fields of shape ``[*]``.
     """
     check_student_logits("student_logits", student_logits)
-    _check_number("model_offset", model_offset, minimum=0.0)
+    check_number("model_offset", model_offset, minimum=0.0)
     z = student_logits.to(_compute_dtype(student_logits.dtype))
     num_classes = z.shape[-1]
 
@@ -692,14 +447,14 @@ def logit_distribution_uncertainty(
     Shape:
         loc, log_scale: ``[*, V]``. Output: :class:`Uncertainty` with fields of shape ``[*]``.
     """
-    _check_loc_scale(loc, log_scale)
+    check_loc_scale(loc, log_scale)
     check_choice("family", family, FAMILIES)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
-    _check_number("temperature", temperature, minimum=0.0, strict=True)
-    _check_number("min_scale", min_scale, minimum=0.0)
+    check_number("temperature", temperature, minimum=0.0, strict=True)
+    check_number("min_scale", min_scale, minimum=0.0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
 
@@ -731,8 +486,8 @@ def gaussian_epkl_approximation(loc: Tensor, log_scale: Tensor, *, min_scale: fl
     Shape:
         loc, log_scale: ``[*, V]``. Output: ``[*]``.
     """
-    _check_loc_scale(loc, log_scale)
-    _check_number("min_scale", min_scale, minimum=0.0)
+    check_loc_scale(loc, log_scale)
+    check_number("min_scale", min_scale, minimum=0.0)
     dtype = _compute_dtype(loc.dtype)
     mu, rho = loc.to(dtype), log_scale.to(dtype)
     scale, _ = _scale(rho, min_scale)

@@ -1,19 +1,11 @@
 """Teacher-ensemble statistics (SPEC section 1)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from . import _ops
-from ._validation import check_teacher_logits
+from . import _ops, reference
+from ._validation import check_stats_options, check_teacher_logits
 from .types import EnsembleStats, Uncertainty
-
-
-def check_stats_options(temperature: float, smoothing: float) -> None:
-    if not (float(temperature) > 0):
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-    if not (0.0 <= float(smoothing) < 1.0):
-        raise ValueError(f"smoothing: expected a number in [0, 1), got {smoothing!r}")
 
 
 def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothing: float = 0.0) -> EnsembleStats:
@@ -21,8 +13,9 @@ def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothin
 
     Args:
         teacher_logits: ``[*, M, V]`` logits of M ensemble members (any float dtype; treated as a constant).
+            A logit of -inf is a probability of exactly 0 (0 ln 0 = 0 in every entropy term).
         temperature: T, members' probabilities are softmax(u / T).
-        smoothing: central smoothing eps, pi~ = (1 - eps) pi + eps / V, applied in log space.
+        smoothing: central smoothing eps in [0, 1), pi~ = (1 - eps) pi + eps / V, applied in log space.
 
     Returns:
         :class:`EnsembleStats` with ``mean_probs`` and ``mean_log_probs`` ``[*, V]`` and the measures
@@ -30,24 +23,13 @@ def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothin
     """
     check_teacher_logits("teacher_logits", teacher_logits)
     check_stats_options(temperature, smoothing)
-    members = teacher_logits.shape[-2]
-    if not _ops.use_extension():
-        from . import reference
-
-        return reference.ensemble_stats(teacher_logits, temperature=temperature, smoothing=smoothing)
-    mean_probs, mean_log_probs, measures = torch.ops.edd_ext.ensemble_stats(
-        teacher_logits.detach(), float(temperature), float(smoothing)
-    )
-    return EnsembleStats(mean_probs, mean_log_probs, *measures.unbind(-1), num_members=members)
+    fn = _ops.stats.ensemble_stats if _ops.fused(teacher_logits) else reference.ensemble_stats
+    return fn(teacher_logits, temperature=temperature, smoothing=smoothing)
 
 
 def ensemble_uncertainty(teacher_logits: Tensor, *, temperature: float = 1.0, smoothing: float = 0.0) -> Uncertainty:
     """The five ensemble measures ``[*]`` of :func:`ensemble_stats`, without writing the ``[*, V]`` rows."""
     check_teacher_logits("teacher_logits", teacher_logits)
     check_stats_options(temperature, smoothing)
-    if not _ops.use_extension():
-        from . import reference
-
-        return reference.ensemble_uncertainty(teacher_logits, temperature=temperature, smoothing=smoothing)
-    measures = torch.ops.edd_ext.ensemble_uncertainty(teacher_logits.detach(), float(temperature), float(smoothing))
-    return Uncertainty(*measures.unbind(-1))
+    fn = _ops.stats.ensemble_uncertainty if _ops.fused(teacher_logits) else reference.ensemble_uncertainty
+    return fn(teacher_logits, temperature=temperature, smoothing=smoothing)

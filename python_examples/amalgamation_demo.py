@@ -116,7 +116,7 @@ def train_teachers(pool: Tuple[torch.Tensor, torch.Tensor], steps: int, seed: in
         torch.manual_seed(seed * 100 + i)
         model = _mlp(x.shape[1], 64, len(subset), dropout=0.3)
         ce = nn.CrossEntropyLoss()
-        teachers.append(_train(model, xs, lambda out, idx, ys=ys: ce(out, ys[idx]), steps, seed=seed * 100 + i))
+        teachers.append(_train(model, xs, lambda out, idx, ys=ys, ce=ce: ce(out, ys[idx]), steps, seed=seed * 100 + i))
     return teachers
 
 
@@ -197,7 +197,7 @@ def format_table(runs: Sequence[Dict[str, object]]) -> str:
     names = list(runs[0]["methods"])
     rows = [("method", "routing %", "owner mass %", "target acc %", "student test acc %")]
     for name in names:
-        col = lambda key: [r["methods"][name][key] for r in runs if r["methods"][name][key] is not None]  # noqa: E731
+        col = lambda key, name=name: [r["methods"][name][key] for r in runs if r["methods"][name][key] is not None]  # noqa: E731
         rows.append((name, cell(col("routing_acc")), cell(col("owner_mass")), cell(col("target_acc")),
                      cell(col("student_acc"))))
     n = len(rows[0])

@@ -17,7 +17,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 CUDA_OK = torch.cuda.is_available() and edd_ext.cuda_built()
 CUDA_SKIP_REASON = "needs a CUDA device and an extension built with CUDA kernels"
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)])]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                              pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)])]
 
 
 @pytest.fixture(params=DEVICES)

@@ -160,6 +160,7 @@ def test_quick_preset_and_overrides():
 
 def _tiny_setup():
     import torch
+
     from edd_ext.demo.model import ModelConfig, Seq2Seq
 
     corpus = demo_corpus.toy_corpus(vocab=60, train_size=64, test_size=4, seed=2, max_len=5)
@@ -174,6 +175,7 @@ def _tiny_setup():
 
 def test_end2_student_starts_from_the_end_student():
     import torch
+
     from edd_ext.demo.model import Seq2Seq
     from edd_ext.demo.train import train_students
 

@@ -33,7 +33,8 @@ def oracle(logits, temperature=1.0, smoothing=0.0):
     total = -xlogy(mean_p, mean_p).sum(-1)
     data = entropy(p, logp).mean(-1)
     # KL(p_i || p_j) for every ordered pair, averaged over all M^2 pairs.
-    kl = np.where(p[..., :, None, :] > 0, p[..., :, None, :] * (logp[..., :, None, :] - logp[..., None, :, :]), 0.0).sum(-1)
+    pairwise = p[..., :, None, :] * (logp[..., :, None, :] - logp[..., None, :, :])
+    kl = np.where(p[..., :, None, :] > 0, pairwise, 0.0).sum(-1)
     epkl = kl.mean((-1, -2))
     rmi = (xlogy(mean_p, mean_p)[..., None, :] - mean_p[..., None, :] * logp).sum(-1).mean(-1)  # mean_m KL(p^ || p_m)
     return dict(mean_probs=mean_p, mean_log_probs=mean_logp, total=total, data=data,
@@ -47,8 +48,10 @@ def assert_matches_oracle(stats, logits, dtype, **options):
         got = getattr(stats, name).cpu().double().numpy()
         np.testing.assert_allclose(got, want[name], rtol=rtol, atol=atol, err_msg=name)
     if hasattr(stats, "mean_probs"):
-        np.testing.assert_allclose(stats.mean_probs.cpu().double().numpy(), want["mean_probs"], rtol=rtol, atol=atol * 1e-2)
-        np.testing.assert_allclose(stats.mean_log_probs.cpu().double().numpy(), want["mean_log_probs"], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(stats.mean_probs.cpu().double().numpy(), want["mean_probs"], rtol=rtol,
+                                   atol=atol * 1e-2)
+        np.testing.assert_allclose(stats.mean_log_probs.cpu().double().numpy(), want["mean_log_probs"], rtol=rtol,
+                                   atol=atol)
 
 
 def teacher(shape, dtype=torch.float32, device="cpu", scale=3.0):

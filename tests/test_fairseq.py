@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 
+from edd_ext import reference
+
 fairseq = pytest.importorskip(
     "fairseq", reason="fairseq is not installed (optional extra; install with: bash .ci/install_fairseq.sh PYTHON)"
 )
@@ -65,9 +67,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny preprocessed corpus (test1 = OOD) and two teachers trained for a few updates."""
-    from fairseq_cli import preprocess, train
-
     import make_corpus
+    from fairseq_cli import preprocess, train
 
     root = tmp_path_factory.mktemp("fairseq")
     raw, bin_ = str(root / "raw"), str(root / "bin")
@@ -139,6 +140,33 @@ def test_criterion_trains(data, criterion, arch):
         assert math.isfinite(float(log[key])), (key, log)
 
 
+def _raise(*args, **kwargs):
+    raise RuntimeError("broken on purpose")
+
+
+def _nan_loss(student, *args, **kwargs):
+    return student.sum() * float("nan")
+
+
+@pytest.mark.parametrize("criterion,arch,name", [
+    (["edd_proxy_dirichlet_kl"], "edd_transformer_tiny", "proxy_dirichlet_kl"),
+    (["edd_logit_laplace"], "edd_transformer_logit_tiny", "logit_laplace_nll"),
+])
+def test_a_broken_fused_loss_reaches_the_trainer(data, monkeypatch, criterion, arch, name):
+    """The plugin calls the public edd_ext API directly: a loss that raises raises in the criterion, and one that
+    returns NaN gives a NaN training loss (which fairseq's trainer then reports), never a silent substitute."""
+    import edd_ext
+
+    cfg, task, model, crit = _setup(data, criterion, arch)
+    sample = task.attach_teacher(_first_batch(task))
+    monkeypatch.setattr(edd_ext, name, _raise)
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        crit(model, sample)
+    monkeypatch.setattr(edd_ext, name, _nan_loss)
+    loss, _, _ = crit(model, sample)
+    assert math.isnan(float(loss))
+
+
 def test_missing_teacher_is_a_clear_error(data):
     cfg, task, model, crit = _setup(data, ["edd_ensemble_kl"])
     sample = _first_batch(task)
@@ -152,7 +180,8 @@ def test_teacher_vocabulary_mismatch_is_a_clear_error(data, tmp_path):
         if key in state["model"]:
             state["model"][key] = state["model"][key][:-8]
     torch.save(state, tmp_path / "small_vocab.pt")
-    cfg, task, model, crit = _setup(data, ["edd_ensemble_kl"], extra=["--teacher-paths", str(tmp_path / "small_vocab.pt")])
+    extra = ["--teacher-paths", str(tmp_path / "small_vocab.pt")]
+    cfg, task, model, crit = _setup(data, ["edd_ensemble_kl"], extra=extra)
     with pytest.raises(ValueError, match="must share"):
         task.load_teachers()
 
@@ -176,9 +205,7 @@ def test_teacher_cache_matches_live_teachers(data, tmp_path, criterion, arch, mo
     live = task.teacher_logits(cached)
     mask = cached["target"].ne(task.target_dictionary.pad())
     if mode == "stats":
-        from edd_fairseq import _api
-
-        expected = _api.ensemble_stats(live)
+        expected = reference.ensemble_stats(live)
         for field in ("mean_probs", "mean_log_probs", "total", "mutual_information", "rmi"):
             torch.testing.assert_close(cached["teacher"]["stats"][field][mask], getattr(expected, field)[mask],
                                        atol=2e-4, rtol=1e-4, msg=field)

@@ -5,10 +5,10 @@ graph is freed after the backward, and the saved gradient left untouched wheneve
 the gradient output, optimizers, AMP-style loss scaling, torch.compile)."""
 import math
 
+import _loss_oracles as O
 import pytest
 import torch
 
-import _loss_oracles as O
 import edd_ext
 
 V = 37  # odd: exercises the SIMD kernels' row tails

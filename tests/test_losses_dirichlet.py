@@ -4,12 +4,12 @@ the ensemble measures; gradcheck of every option; the SPEC's properties (KL >= 0
 stationary points); finiteness at extreme student logits."""
 import math
 
+import _loss_oracles as O
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _loss_oracles as O
 import edd_ext
 from edd_ext import reference as R
 

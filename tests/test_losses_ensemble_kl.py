@@ -1,10 +1,10 @@
 """edd_ext.ensemble_kl (the fused kernel) against a float64 oracle built on torch.distributions
 (kl_divergence(Categorical, Categorical)); gradcheck; the optimum at the ensemble mean; zero-probability
 classes; invariances."""
+import _loss_oracles as O
 import pytest
 import torch
 
-import _loss_oracles as O
 import edd_ext
 from edd_ext import reference as R
 

@@ -2,12 +2,12 @@
 torch.distributions (Normal / Laplace .log_prob); gradcheck of every option; the optima (Gaussian at the
 members' mean and standard deviation, Laplace at their median and mean absolute deviation); the centred
 accumulation of the Gaussian deviations; invariance to per-member shifts of the teacher."""
+import _loss_oracles as O
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _loss_oracles as O
 import edd_ext
 from edd_ext import reference as R
 

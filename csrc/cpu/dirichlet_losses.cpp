@@ -20,10 +20,12 @@
 #include <vector>
 
 #include "edd_ext/cpu/loss_blocks.h"
-#include "edd_ext/cpu_teacher.h"
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/dirichlet_math.h"
 #include "edd_ext/ensemble_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -41,43 +43,44 @@ void dirichlet_nll_rows(const LossProblem& p, double model_offset) {
   const student_t* student = p.student.const_data_ptr<student_t>();
   const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
   const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
-  const bool* mask = p.mask_data();
-  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   const acc_t grad_scale = acc_t(p.grad_scale);
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> shift(members), offset(members);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      const student_t* z = student + n * vocab;
-      const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, model_offset);
-      const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0));
-      double sum = 0;
-      auto class_pass = [&](auto&& mean_log_prob) {
-        for (int64_t k = 0; k < vocab; ++k) {
-          const math::ClassLossGrad<acc_t> t =
-              math::dirichlet_nll_class(acc_t(z[k]), c, log_c, c_minus_one, mean_log_prob(k), digamma_alpha0);
-          sum += double(t.loss);
-          if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
-        }
-      };
-      if (logits != nullptr) {
-        const teacher_t* row = logits + n * members * vocab;
-        cpu::member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
-                                offset.data());
-        class_pass([&](int64_t k) {
-          acc_t l = 0;
-          for (int64_t m = 0; m < members; ++m) l += (acc_t(row[m * vocab + k]) - shift[m]) - offset[m];
-          return l * inv_m;
-        });
-      } else {
-        const teacher_t* row = rows + n * vocab;
-        class_pass([&](int64_t k) { return acc_t(row[k]); });
+  struct Scratch {
+    std::vector<acc_t> shift;
+    std::vector<acc_t> offset;
+  };
+  auto make_scratch = [&] { return Scratch{std::vector<acc_t>(members), std::vector<acc_t>(members)}; };
+
+  cpu::for_each_position<acc_t, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<acc_t>& shift = ws.shift;
+    std::vector<acc_t>& offset = ws.offset;
+    const student_t* z = student + n * vocab;
+    const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, model_offset);
+    const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0));
+    double sum = 0;
+    auto class_pass = [&](auto&& mean_log_prob) {
+      for (int64_t k = 0; k < vocab; ++k) {
+        const math::ClassLossGrad<acc_t> t =
+            math::dirichlet_nll_class(acc_t(z[k]), c, log_c, c_minus_one, mean_log_prob(k), digamma_alpha0);
+        sum += double(t.loss);
+        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
       }
-      loss[n] = acc_t(sum - math::lgamma(alpha0));
+    };
+    if (logits != nullptr) {
+      const teacher_t* row = logits + n * members * vocab;
+      cpu::scalar_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
+                                     offset.data());
+      class_pass([&](int64_t k) {
+        acc_t l = 0;
+        for (int64_t m = 0; m < members; ++m) l += (acc_t(row[m * vocab + k]) - shift[m]) - offset[m];
+        return l * inv_m;
+      });
+    } else {
+      const teacher_t* row = rows + n * vocab;
+      class_pass([&](int64_t k) { return acc_t(row[k]); });
     }
+    return sum - math::lgamma(alpha0);
   });
 }
 
@@ -98,67 +101,70 @@ void proxy_kl_rows(const LossProblem& p, const ProxyOptions& o) {
   const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
   const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
   const double* measures = p.teacher_measure.defined() ? p.teacher_measure.const_data_ptr<double>() : nullptr;
-  const bool* mask = p.mask_data();
-  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   const acc_t grad_scale = acc_t(p.grad_scale);
   const int measure_index = o.mkl ? 4 : 3;  // rmi, epkl in the ensemble measure order
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> shift(members), offset(members);
-    std::vector<acc_t> scratch(logits != nullptr ? vocab : 0);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      const student_t* z = student + n * vocab;
-      double measure = 0, mass = 0;
-      const acc_t* mean_probs_acc = nullptr;
-      const teacher_t* mean_probs_row = nullptr;
-      if (logits != nullptr) {
-        const teacher_t* row = logits + n * members * vocab;
-        cpu::member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
-                                offset.data());
-        for (int64_t k = 0; k < vocab; ++k) {
-          math::MemberMoments<acc_t> moments;
-          for (int64_t m = 0; m < members; ++m) moments.push((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
-          const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
-          scratch[k] = terms.mean_prob;
-          measure += double(terms.measure[measure_index]);
-          mass += double(terms.mean_prob);
-        }
-        mean_probs_acc = scratch.data();
-      } else {
-        mean_probs_row = rows + n * vocab;
-        measure = measures[n];
-        for (int64_t k = 0; k < vocab; ++k) mass += double(acc_t(mean_probs_row[k]));
+  struct Scratch {
+    std::vector<acc_t> shift;
+    std::vector<acc_t> offset;
+    std::vector<acc_t> scratch;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<acc_t>(members), std::vector<acc_t>(members),
+                   std::vector<acc_t>(logits != nullptr ? vocab : 0)};
+  };
+
+  cpu::for_each_position<acc_t, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<acc_t>& shift = ws.shift;
+    std::vector<acc_t>& offset = ws.offset;
+    std::vector<acc_t>& scratch = ws.scratch;
+    const student_t* z = student + n * vocab;
+    double measure = 0, mass = 0;
+    const acc_t* mean_probs_acc = nullptr;
+    const teacher_t* mean_probs_row = nullptr;
+    if (logits != nullptr) {
+      const teacher_t* row = logits + n * members * vocab;
+      cpu::scalar_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
+                                     offset.data());
+      for (int64_t k = 0; k < vocab; ++k) {
+        math::MemberMoments<acc_t> moments;
+        for (int64_t m = 0; m < members; ++m) moments.push((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
+        const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
+        scratch[k] = terms.mean_prob;
+        measure += double(terms.measure[measure_index]);
+        mass += double(terms.mean_prob);
       }
-      const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, o.model_offset);
-      const double target_precision =
-          math::proxy_target_precision(measure, o.mkl, double(vocab), o.eps, o.max_precision);
-      const math::ProxyScalars s =
-          math::proxy_scalars(o.mode, alpha0, target_precision, o.target_offset, double(vocab), mass);
-      // the compat objective's per-class target is beta_0 pi^_k (+ 1, folded into its formula)
-      const acc_t class_precision =
-          acc_t(o.mode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
-      const acc_t dig_a0 = acc_t(s.digamma_alpha0), dig_b0 = acc_t(s.digamma_beta0);
-      const acc_t grad_shift = acc_t(s.grad_shift), inv_beta0 = acc_t(s.inv_beta0);
-      double sum = 0;
-      auto class_pass = [&](const auto* mean_probs) {
-        for (int64_t k = 0; k < vocab; ++k) {
-          const math::ClassLossGrad<acc_t> t =
-              math::proxy_kl_class(o.mode, acc_t(z[k]), c, log_c, acc_t(mean_probs[k]), class_precision, t_off,
-                                   dig_a0, dig_b0, grad_shift, inv_beta0);
-          sum += double(t.loss);
-          if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
-        }
-      };
-      if (mean_probs_acc != nullptr) {
-        class_pass(mean_probs_acc);
-      } else {
-        class_pass(mean_probs_row);
-      }
-      loss[n] = acc_t((sum + s.loss_shift) * s.inv_beta0);
+      mean_probs_acc = scratch.data();
+    } else {
+      mean_probs_row = rows + n * vocab;
+      measure = measures[n];
+      for (int64_t k = 0; k < vocab; ++k) mass += double(acc_t(mean_probs_row[k]));
     }
+    const double alpha0 = cpu::student_precision<student_t, acc_t>(z, vocab, o.model_offset);
+    const double target_precision = math::proxy_target_precision(measure, o.mkl, double(vocab), o.eps, o.max_precision);
+    const math::ProxyScalars s =
+        math::proxy_scalars(o.mode, alpha0, target_precision, o.target_offset, double(vocab), mass);
+    // the compat objective's per-class target is beta_0 pi^_k (+ 1, folded into its formula)
+    const acc_t class_precision = acc_t(o.mode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
+    const acc_t dig_a0 = acc_t(s.digamma_alpha0), dig_b0 = acc_t(s.digamma_beta0);
+    const acc_t grad_shift = acc_t(s.grad_shift), inv_beta0 = acc_t(s.inv_beta0);
+    double sum = 0;
+    auto class_pass = [&](const auto* mean_probs) {
+      for (int64_t k = 0; k < vocab; ++k) {
+        const math::ClassLossGrad<acc_t> t =
+            math::proxy_kl_class(o.mode, acc_t(z[k]), c, log_c, acc_t(mean_probs[k]), class_precision, t_off, dig_a0,
+                                 dig_b0, grad_shift, inv_beta0);
+        sum += double(t.loss);
+        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
+      }
+    };
+    if (mean_probs_acc != nullptr) {
+      class_pass(mean_probs_acc);
+    } else {
+      class_pass(mean_probs_row);
+    }
+    return (sum + s.loss_shift) * s.inv_beta0;
   });
 }
 
@@ -186,57 +192,64 @@ void dirichlet_nll_rows_simd(const LossProblem& p, double model_offset) {
   const student_t* student = p.student.const_data_ptr<student_t>();
   const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
   const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
-  const bool* mask = p.mask_data();
-  float* loss = p.loss.mutable_data_ptr<float>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   const float grad_scale = float(p.grad_scale);
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members), excess(vocab), shifted_sum(logits != nullptr ? vocab : 0);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      const student_t* z = student + n * vocab;
-      const double alpha0 = cpu::student_excess_row(z, vocab, model_offset, excess.data());
-      const float digamma_alpha0 = float(math::digamma(alpha0));
-      const cpu::NllConsts consts{VecF(c), VecF(c_minus_one), VecF(digamma_alpha0)};
-      const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
-      // from logits: l_k = (1/M) sum_m ((u_mk - shift_m) - log_sum_m) = (1/M) (D_k - sum_m log_sum_m), with
-      // D_k = sum_m (u_mk - shift_m) kept by the normaliser pass (the M rows are not read a third time)
-      float total_log_sum = 0.f;
-      if (logits != nullptr) {
-        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), nullptr, nullptr,
-                                shifted_sum.data());
-        for (int64_t m = 0; m < members; ++m) total_log_sum += log_sum[m];
-      }
-      const VecF vtotal_log_sum(total_log_sum), vinv_m(inv_m);
-      const VecF vgrad_scale(grad_scale);
-      cpu::ChunkedSum sum;
-      VecF l, dz;
-      for (int64_t k = 0; k < body; k += kLanes) {
-        const VecF mean_log_prob = logits != nullptr
-                                       ? (VecF::loadu(shifted_sum.data() + k) - vtotal_log_sum) * vinv_m
-                                       : cpu::load_float(row + k);
-        cpu::dirichlet_nll_block(VecF::loadu(excess.data() + k), mean_log_prob, consts, l, dz);
-        emit_block(l, dz, vgrad_scale, g, k, sum);
-      }
-      double total = sum.result();
-      for (int64_t k = body; k < vocab; ++k) {
-        float mean_log_prob;
-        if (logits != nullptr) {
-          float acc = 0;
-          for (int64_t m = 0; m < members; ++m) acc += (float(row[m * vocab + k]) - shift[m]) - log_sum[m];
-          mean_log_prob = acc * inv_m;
-        } else {
-          mean_log_prob = float(row[k]);
-        }
-        const math::ClassLossGrad<float> t =
-            math::dirichlet_nll_class(float(z[k]), c, log_c, c_minus_one, mean_log_prob, digamma_alpha0);
-        total += double(t.loss);
-        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
-      }
-      loss[n] = float(total - math::lgamma(alpha0));
+  struct Scratch {
+    std::vector<float> shift;
+    std::vector<float> log_sum;
+    std::vector<float> excess;
+    std::vector<float> shifted_sum;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<float>(members), std::vector<float>(members), std::vector<float>(vocab),
+                   std::vector<float>(logits != nullptr ? vocab : 0)};
+  };
+
+  cpu::for_each_position<float, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<float>& shift = ws.shift;
+    std::vector<float>& log_sum = ws.log_sum;
+    std::vector<float>& excess = ws.excess;
+    std::vector<float>& shifted_sum = ws.shifted_sum;
+    const student_t* z = student + n * vocab;
+    const double alpha0 = cpu::student_excess_row(z, vocab, model_offset, excess.data());
+    const float digamma_alpha0 = float(math::digamma(alpha0));
+    const cpu::NllConsts consts{VecF(c), VecF(c_minus_one), VecF(digamma_alpha0)};
+    const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
+    // from logits: l_k = (1/M) sum_m ((u_mk - shift_m) - log_sum_m) = (1/M) (D_k - sum_m log_sum_m), with
+    // D_k = sum_m (u_mk - shift_m) kept by the normaliser pass (the M rows are not read a third time)
+    float total_log_sum = 0.f;
+    if (logits != nullptr) {
+      cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), nullptr, nullptr,
+                              shifted_sum.data());
+      for (int64_t m = 0; m < members; ++m) total_log_sum += log_sum[m];
     }
+    const VecF vtotal_log_sum(total_log_sum), vinv_m(inv_m);
+    const VecF vgrad_scale(grad_scale);
+    cpu::ChunkedSum sum;
+    VecF l, dz;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      const VecF mean_log_prob = logits != nullptr ? (VecF::loadu(shifted_sum.data() + k) - vtotal_log_sum) * vinv_m
+                                                   : cpu::load_float(row + k);
+      cpu::dirichlet_nll_block(VecF::loadu(excess.data() + k), mean_log_prob, consts, l, dz);
+      emit_block(l, dz, vgrad_scale, g, k, sum);
+    }
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) {
+      float mean_log_prob;
+      if (logits != nullptr) {
+        float acc = 0;
+        for (int64_t m = 0; m < members; ++m) acc += (float(row[m * vocab + k]) - shift[m]) - log_sum[m];
+        mean_log_prob = acc * inv_m;
+      } else {
+        mean_log_prob = float(row[k]);
+      }
+      const math::ClassLossGrad<float> t =
+          math::dirichlet_nll_class(float(z[k]), c, log_c, c_minus_one, mean_log_prob, digamma_alpha0);
+      total += double(t.loss);
+      if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
+    }
+    return total - math::lgamma(alpha0);
   });
 }
 
@@ -254,82 +267,93 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
   const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
   const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
   const double* measures = p.teacher_measure.defined() ? p.teacher_measure.const_data_ptr<double>() : nullptr;
-  const bool* mask = p.mask_data();
-  float* loss = p.loss.mutable_data_ptr<float>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   const float grad_scale = float(p.grad_scale);
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members), inv_sum(members), excess(vocab);
-    std::vector<float> scratch(logits != nullptr ? vocab : 0), weights(logits != nullptr ? members * vocab : 0);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      const student_t* z = student + n * vocab;
-      double measure = 0, mass = 0;
-      const teacher_t* mean_probs_row = nullptr;
-      if (logits != nullptr) {
-        const teacher_t* row = logits + n * members * vocab;
-        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(),
-                                inv_sum.data());
-        cpu::ChunkedSum measure_sum, mass_sum;
-        for (int64_t k = 0; k < body; k += kLanes) {
-          const cpu::TeacherBlock b = cpu::teacher_block_weighted(row, weights.data(), inv_sum.data(), k, members,
-                                                                  vocab, shift.data(), log_sum.data(), to);
-          b.mean_prob.store(scratch.data() + k);
-          measure_sum.push(o.mkl ? cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob))
-                                 : cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
-          mass_sum.push(b.mean_prob);
-        }
-        measure = measure_sum.result();
-        mass = mass_sum.result();
-        for (int64_t k = body; k < vocab; ++k) {
-          const math::ClassTerms<float> t = cpu::teacher_class<teacher_t, float>(
-              row, k, members, vocab, shift.data(), log_sum.data(), 1.f, false, 0.f, 0.f, to.inv_members,
-              to.log_members);
-          scratch[k] = t.mean_prob;
-          measure += double(t.measure[o.mkl ? 4 : 3]);
-          mass += double(t.mean_prob);
-        }
-      } else {
-        mean_probs_row = rows + n * vocab;
-        measure = measures[n];
-        cpu::ChunkedSum mass_sum;
-        for (int64_t k = 0; k < body; k += kLanes) mass_sum.push(cpu::load_float(mean_probs_row + k));
-        mass = mass_sum.result();
-        for (int64_t k = body; k < vocab; ++k) mass += double(float(mean_probs_row[k]));
-      }
-      const double alpha0 = cpu::student_excess_row(z, vocab, o.model_offset, excess.data());
-      const double target_precision =
-          math::proxy_target_precision(measure, o.mkl, double(vocab), o.eps, o.max_precision);
-      const math::ProxyScalars s =
-          math::proxy_scalars(kMode, alpha0, target_precision, o.target_offset, double(vocab), mass);
-      const float class_precision = float(kMode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
-      const float dig_a0 = float(s.digamma_alpha0), dig_b0 = float(s.digamma_beta0);
-      const float grad_shift = float(s.grad_shift), inv_beta0 = float(s.inv_beta0);
-      const cpu::ProxyConsts consts{VecF(c),          VecF(c - 1.f),      VecF(class_precision), VecF(t_off),
-                                    VecF(dig_a0),     VecF(dig_b0),       VecF(grad_shift),      VecF(inv_beta0)};
-      auto mean_prob_at = [&](int64_t k) {
-        return logits != nullptr ? VecF::loadu(scratch.data() + k) : cpu::load_float(mean_probs_row + k);
-      };
-      const VecF vgrad_scale(grad_scale);
-      cpu::ChunkedSum sum;
-      VecF l, dz;
+  struct Scratch {
+    std::vector<float> shift;
+    std::vector<float> log_sum;
+    std::vector<float> inv_sum;
+    std::vector<float> excess;
+    std::vector<float> scratch;
+    std::vector<float> weights;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<float>(members),
+                   std::vector<float>(members),
+                   std::vector<float>(members),
+                   std::vector<float>(vocab),
+                   std::vector<float>(logits != nullptr ? vocab : 0),
+                   std::vector<float>(logits != nullptr ? members * vocab : 0)};
+  };
+
+  cpu::for_each_position<float, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<float>& shift = ws.shift;
+    std::vector<float>& log_sum = ws.log_sum;
+    std::vector<float>& inv_sum = ws.inv_sum;
+    std::vector<float>& excess = ws.excess;
+    std::vector<float>& scratch = ws.scratch;
+    std::vector<float>& weights = ws.weights;
+    const student_t* z = student + n * vocab;
+    double measure = 0, mass = 0;
+    const teacher_t* mean_probs_row = nullptr;
+    if (logits != nullptr) {
+      const teacher_t* row = logits + n * members * vocab;
+      cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
+      cpu::ChunkedSum measure_sum, mass_sum;
       for (int64_t k = 0; k < body; k += kLanes) {
-        cpu::proxy_kl_block<kMode>(VecF::loadu(excess.data() + k), mean_prob_at(k), consts, l, dz);
-        emit_block(l, dz, vgrad_scale, g, k, sum);
+        const cpu::TeacherBlock b = cpu::teacher_block_weighted(row, weights.data(), inv_sum.data(), k, members, vocab,
+                                                                shift.data(), log_sum.data(), to);
+        b.mean_prob.store(scratch.data() + k);
+        measure_sum.push(o.mkl ? cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob))
+                               : cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
+        mass_sum.push(b.mean_prob);
       }
-      double total = sum.result();
+      measure = measure_sum.result();
+      mass = mass_sum.result();
       for (int64_t k = body; k < vocab; ++k) {
-        const float mean_prob = logits != nullptr ? scratch[k] : float(mean_probs_row[k]);
-        const math::ClassLossGrad<float> t =
-            math::proxy_kl_class(kMode, float(z[k]), c, log_c, mean_prob, class_precision, t_off, dig_a0, dig_b0,
-                                 grad_shift, inv_beta0);
-        total += double(t.loss);
-        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
+        const math::ClassTerms<float> t = cpu::teacher_class<teacher_t, float>(
+            row, k, members, vocab, shift.data(), log_sum.data(), 1.f, false, 0.f, 0.f, to.inv_members, to.log_members);
+        scratch[k] = t.mean_prob;
+        measure += double(t.measure[o.mkl ? 4 : 3]);
+        mass += double(t.mean_prob);
       }
-      loss[n] = float((total + s.loss_shift) * s.inv_beta0);
+    } else {
+      mean_probs_row = rows + n * vocab;
+      measure = measures[n];
+      cpu::ChunkedSum mass_sum;
+      for (int64_t k = 0; k < body; k += kLanes) mass_sum.push(cpu::load_float(mean_probs_row + k));
+      mass = mass_sum.result();
+      for (int64_t k = body; k < vocab; ++k) mass += double(float(mean_probs_row[k]));
     }
+    const double alpha0 = cpu::student_excess_row(z, vocab, o.model_offset, excess.data());
+    const double target_precision = math::proxy_target_precision(measure, o.mkl, double(vocab), o.eps, o.max_precision);
+    const math::ProxyScalars s =
+        math::proxy_scalars(kMode, alpha0, target_precision, o.target_offset, double(vocab), mass);
+    const float class_precision = float(kMode == math::ProxyMode::kReferenceCompat ? s.beta0 : target_precision);
+    const float dig_a0 = float(s.digamma_alpha0), dig_b0 = float(s.digamma_beta0);
+    const float grad_shift = float(s.grad_shift), inv_beta0 = float(s.inv_beta0);
+    const cpu::ProxyConsts consts{VecF(c),      VecF(c - 1.f), VecF(class_precision), VecF(t_off),
+                                  VecF(dig_a0), VecF(dig_b0),  VecF(grad_shift),      VecF(inv_beta0)};
+    auto mean_prob_at = [&](int64_t k) {
+      return logits != nullptr ? VecF::loadu(scratch.data() + k) : cpu::load_float(mean_probs_row + k);
+    };
+    const VecF vgrad_scale(grad_scale);
+    cpu::ChunkedSum sum;
+    VecF l, dz;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      cpu::proxy_kl_block<kMode>(VecF::loadu(excess.data() + k), mean_prob_at(k), consts, l, dz);
+      emit_block(l, dz, vgrad_scale, g, k, sum);
+    }
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) {
+      const float mean_prob = logits != nullptr ? scratch[k] : float(mean_probs_row[k]);
+      const math::ClassLossGrad<float> t = math::proxy_kl_class(
+          kMode, float(z[k]), c, log_c, mean_prob, class_precision, t_off, dig_a0, dig_b0, grad_shift, inv_beta0);
+      total += double(t.loss);
+      if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
+    }
+    return (total + s.loss_shift) * s.inv_beta0;
   });
 }
 

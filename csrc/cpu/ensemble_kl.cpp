@@ -13,9 +13,11 @@
 #include <vector>
 
 #include "edd_ext/cpu/loss_blocks.h"
-#include "edd_ext/cpu_teacher.h"
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/logit_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -32,49 +34,50 @@ void ensemble_kl_rows(const LossProblem& p) {
   const student_t* student = p.student.const_data_ptr<student_t>();
   const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
   const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
-  const bool* mask = p.mask_data();
-  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   const acc_t grad_scale = acc_t(p.grad_scale);
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> shift(members), offset(members);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      const student_t* z = student + n * vocab;
-      math::OnlineLogSumExp<acc_t, double> student_lse;
-      for (int64_t k = 0; k < vocab; ++k) student_lse.push(acc_t(z[k]));
-      const acc_t z_max = student_lse.max, z_log_sum = acc_t(std::log(student_lse.sum));
-      double sum = 0;
-      auto class_pass = [&](auto&& mean_prob_and_log) {
-        for (int64_t k = 0; k < vocab; ++k) {
-          acc_t mean_prob, log_mean_prob;
-          mean_prob_and_log(k, mean_prob, log_mean_prob);
-          const math::KLClass<acc_t> t = math::ensemble_kl_class(acc_t(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
-          sum += double(t.loss);
-          if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
-        }
-      };
-      if (logits != nullptr) {
-        const teacher_t* row = logits + n * members * vocab;
-        cpu::member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
-                                offset.data());
-        class_pass([&](int64_t k, acc_t& mean_prob, acc_t& log_mean_prob) {
-          acc_t sum_p = 0;
-          for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
-          mean_prob = sum_p * inv_m;
-          log_mean_prob = math::log_(sum_p) - log_m;
-        });
-      } else {
-        const teacher_t* row = rows + n * vocab;
-        class_pass([&](int64_t k, acc_t& mean_prob, acc_t& log_mean_prob) {
-          mean_prob = acc_t(row[k]);
-          log_mean_prob = math::log_(mean_prob);
-        });
+  struct Scratch {
+    std::vector<acc_t> shift;
+    std::vector<acc_t> offset;
+  };
+  auto make_scratch = [&] { return Scratch{std::vector<acc_t>(members), std::vector<acc_t>(members)}; };
+
+  cpu::for_each_position<acc_t, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<acc_t>& shift = ws.shift;
+    std::vector<acc_t>& offset = ws.offset;
+    const student_t* z = student + n * vocab;
+    math::OnlineLogSumExp<acc_t, double> student_lse;
+    for (int64_t k = 0; k < vocab; ++k) student_lse.push(acc_t(z[k]));
+    const acc_t z_max = student_lse.max, z_log_sum = acc_t(std::log(student_lse.sum));
+    double sum = 0;
+    auto class_pass = [&](auto&& mean_prob_and_log) {
+      for (int64_t k = 0; k < vocab; ++k) {
+        acc_t mean_prob, log_mean_prob;
+        mean_prob_and_log(k, mean_prob, log_mean_prob);
+        const math::KLClass<acc_t> t = math::ensemble_kl_class(acc_t(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
+        sum += double(t.loss);
+        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
       }
-      loss[n] = acc_t(sum);
+    };
+    if (logits != nullptr) {
+      const teacher_t* row = logits + n * members * vocab;
+      cpu::scalar_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift.data(),
+                                     offset.data());
+      class_pass([&](int64_t k, acc_t& mean_prob, acc_t& log_mean_prob) {
+        acc_t sum_p = 0;
+        for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
+        mean_prob = sum_p * inv_m;
+        log_mean_prob = math::log_(sum_p) - log_m;
+      });
+    } else {
+      const teacher_t* row = rows + n * vocab;
+      class_pass([&](int64_t k, acc_t& mean_prob, acc_t& log_mean_prob) {
+        mean_prob = acc_t(row[k]);
+        log_mean_prob = math::log_(mean_prob);
+      });
     }
+    return sum;
   });
 }
 
@@ -99,61 +102,69 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
   const student_t* student = p.student.const_data_ptr<student_t>();
   const teacher_t* logits = p.teacher_logits.defined() ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr;
   const teacher_t* rows = p.teacher_rows.defined() ? p.teacher_rows.const_data_ptr<teacher_t>() : nullptr;
-  const bool* mask = p.mask_data();
-  float* loss = p.loss.mutable_data_ptr<float>();
-  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
   const float grad_scale = float(p.grad_scale);
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), log_sum(members), inv_sum(members), weights(logits != nullptr ? members * vocab : 0);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g)) continue;
-      const student_t* z = student + n * vocab;
-      float z_max, z_log_sum;
-      cpu::member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
-      const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
-      if (logits != nullptr) {
-        cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
-      }
-      const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
-      cpu::ChunkedSum sum;
-      VecF l, dz;
-      for (int64_t k = 0; k < body; k += kLanes) {
-        VecF mean_prob, log_mean_prob;
-        if (logits != nullptr) {
-          VecF sum_p(0.f);
-          for (int64_t m = 0; m < members; ++m) {
-            sum_p = sum_p + VecF::loadu(weights.data() + m * vocab + k) * VecF(inv_sum[m]);
-          }
-          mean_prob = sum_p * VecF(inv_m);
-          log_mean_prob = cpu::log_fast(sum_p) - VecF(log_m);
-        } else {
-          mean_prob = cpu::load_float(row + k);
-          log_mean_prob = cpu::log_fast(mean_prob);
-        }
-        ensemble_kl_block(cpu::load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
-        sum.push(l);
-        if (g != nullptr) cpu::store_float(dz * vgrad_scale, g + k);
-      }
-      double total = sum.result();
-      for (int64_t k = body; k < vocab; ++k) {
-        float mean_prob, log_mean_prob;
-        if (logits != nullptr) {
-          float sum_p = 0;
-          for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((float(row[m * vocab + k]) - shift[m]) - log_sum[m]);
-          mean_prob = sum_p * inv_m;
-          log_mean_prob = math::log_(sum_p) - log_m;
-        } else {
-          mean_prob = float(row[k]);
-          log_mean_prob = math::log_(mean_prob);
-        }
-        const math::KLClass<float> t = math::ensemble_kl_class(float(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
-        total += double(t.loss);
-        if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
-      }
-      loss[n] = float(total);
+  struct Scratch {
+    std::vector<float> shift;
+    std::vector<float> log_sum;
+    std::vector<float> inv_sum;
+    std::vector<float> weights;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<float>(members), std::vector<float>(members), std::vector<float>(members),
+                   std::vector<float>(logits != nullptr ? members * vocab : 0)};
+  };
+
+  cpu::for_each_position<float, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g = out.student;
+    std::vector<float>& shift = ws.shift;
+    std::vector<float>& log_sum = ws.log_sum;
+    std::vector<float>& inv_sum = ws.inv_sum;
+    std::vector<float>& weights = ws.weights;
+    const student_t* z = student + n * vocab;
+    float z_max, z_log_sum;
+    cpu::member_normalizers(z, 1, vocab, 1.f, &z_max, &z_log_sum);
+    const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
+    if (logits != nullptr) {
+      cpu::member_normalizers(row, members, vocab, 1.f, shift.data(), log_sum.data(), weights.data(), inv_sum.data());
     }
+    const VecF vz_max(z_max), vz_log_sum(z_log_sum), vgrad_scale(grad_scale);
+    cpu::ChunkedSum sum;
+    VecF l, dz;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      VecF mean_prob, log_mean_prob;
+      if (logits != nullptr) {
+        VecF sum_p(0.f);
+        for (int64_t m = 0; m < members; ++m) {
+          sum_p = sum_p + VecF::loadu(weights.data() + m * vocab + k) * VecF(inv_sum[m]);
+        }
+        mean_prob = sum_p * VecF(inv_m);
+        log_mean_prob = cpu::log_fast(sum_p) - VecF(log_m);
+      } else {
+        mean_prob = cpu::load_float(row + k);
+        log_mean_prob = cpu::log_fast(mean_prob);
+      }
+      ensemble_kl_block(cpu::load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
+      sum.push(l);
+      if (g != nullptr) cpu::store_float(dz * vgrad_scale, g + k);
+    }
+    double total = sum.result();
+    for (int64_t k = body; k < vocab; ++k) {
+      float mean_prob, log_mean_prob;
+      if (logits != nullptr) {
+        float sum_p = 0;
+        for (int64_t m = 0; m < members; ++m) sum_p += math::exp_((float(row[m * vocab + k]) - shift[m]) - log_sum[m]);
+        mean_prob = sum_p * inv_m;
+        log_mean_prob = math::log_(sum_p) - log_m;
+      } else {
+        mean_prob = float(row[k]);
+        log_mean_prob = math::log_(mean_prob);
+      }
+      const math::KLClass<float> t = math::ensemble_kl_class(float(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
+      total += double(t.loss);
+      if (g != nullptr) g[k] = student_t(t.grad * grad_scale);
+    }
+    return total;
   });
 }
 

@@ -17,9 +17,11 @@
 #include <vector>
 
 #include "edd_ext/cpu/loss_blocks.h"
-#include "edd_ext/cpu_teacher.h"
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/logit_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -59,35 +61,35 @@ void logit_nll_rows(const LossProblem& p, bool laplace, math::TeacherNorm norm, 
   const student_t* locs = p.student.const_data_ptr<student_t>();
   const student_t* log_scales = p.log_scale.const_data_ptr<student_t>();
   const teacher_t* logits = p.teacher_logits.const_data_ptr<teacher_t>();
-  const bool* mask = p.mask_data();
-  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
   const acc_t grad_scale = acc_t(p.grad_scale);
-  student_t* grad_loc = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
-  student_t* grad_log_scale = p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> shift(members), offset(members);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g_loc = grad_loc != nullptr ? grad_loc + n * vocab : nullptr;
-      student_t* g_rho = grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g_loc, g_rho)) continue;
-      const student_t* mu_row = locs + n * vocab;
-      const student_t* rho_row = log_scales + n * vocab;
-      const teacher_t* row = logits + n * members * vocab;
-      cpu::member_normalisers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
-      auto target = [&](int64_t m, int64_t k) { return (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
-      double sum = 0;
-      for (int64_t k = 0; k < vocab; ++k) {
-        const math::LocScaleLossGrad<acc_t> t = logit_class<acc_t>(laplace, target, members, k, acc_t(mu_row[k]),
-                                                                   acc_t(rho_row[k]), log_min_scale, inv_m);
-        sum += double(t.loss);
-        if (g_loc != nullptr) {
-          g_loc[k] = student_t(t.grad_loc * grad_scale);
-          g_rho[k] = student_t(t.grad_log_scale * grad_scale);
-        }
+  struct Scratch {
+    std::vector<acc_t> shift;
+    std::vector<acc_t> offset;
+  };
+  auto make_scratch = [&] { return Scratch{std::vector<acc_t>(members), std::vector<acc_t>(members)}; };
+
+  cpu::for_each_position<acc_t, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g_loc = out.student;
+    student_t* g_rho = out.log_scale;
+    std::vector<acc_t>& shift = ws.shift;
+    std::vector<acc_t>& offset = ws.offset;
+    const student_t* mu_row = locs + n * vocab;
+    const student_t* rho_row = log_scales + n * vocab;
+    const teacher_t* row = logits + n * members * vocab;
+    cpu::scalar_target_normalizers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
+    auto target = [&](int64_t m, int64_t k) { return (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
+    double sum = 0;
+    for (int64_t k = 0; k < vocab; ++k) {
+      const math::LocScaleLossGrad<acc_t> t =
+          logit_class<acc_t>(laplace, target, members, k, acc_t(mu_row[k]), acc_t(rho_row[k]), log_min_scale, inv_m);
+      sum += double(t.loss);
+      if (g_loc != nullptr) {
+        g_loc[k] = student_t(t.grad_loc * grad_scale);
+        g_rho[k] = student_t(t.grad_log_scale * grad_scale);
       }
-      loss[n] = acc_t(sum);
     }
+    return sum;
   });
 }
 
@@ -104,49 +106,49 @@ void logit_nll_rows_simd(const LossProblem& p, bool laplace, math::TeacherNorm n
   const student_t* locs = p.student.const_data_ptr<student_t>();
   const student_t* log_scales = p.log_scale.const_data_ptr<student_t>();
   const teacher_t* logits = p.teacher_logits.const_data_ptr<teacher_t>();
-  const bool* mask = p.mask_data();
-  float* loss = p.loss.mutable_data_ptr<float>();
   const VecF vgrad_scale(float(p.grad_scale));
   const float grad_scale = float(p.grad_scale);
-  student_t* grad_loc = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
-  student_t* grad_log_scale = p.compute_grad ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
 
-  at::parallel_for(0, p.positions, cpu::grain_for(members, vocab), [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(members), offset(members);
-    for (int64_t n = begin; n < end; ++n) {
-      student_t* g_loc = grad_loc != nullptr ? grad_loc + n * vocab : nullptr;
-      student_t* g_rho = grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr;
-      if (cpu::skip_masked(mask, n, loss, vocab, g_loc, g_rho)) continue;
-      const student_t* mu_row = locs + n * vocab;
-      const student_t* rho_row = log_scales + n * vocab;
-      const teacher_t* row = logits + n * members * vocab;
-      cpu::target_normalizers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
-      cpu::ChunkedSum sum;
-      for (int64_t k = 0; k < body; k += kLanes) {
-        const VecF mu = cpu::load_float(mu_row + k);
-        const cpu::ScaleBlock s = cpu::scale_block(cpu::load_float(rho_row + k), log_min_scale, no_min_scale);
-        const cpu::LocScaleBlock t =
-            laplace ? cpu::laplace_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m)
-                    : cpu::gaussian_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m);
-        sum.push(t.loss);
-        if (g_loc != nullptr) {
-          cpu::store_float(t.grad_loc * vgrad_scale, g_loc + k);
-          cpu::store_float(t.grad_log_scale * vgrad_scale, g_rho + k);
-        }
+  struct Scratch {
+    std::vector<float> shift;
+    std::vector<float> offset;
+  };
+  auto make_scratch = [&] { return Scratch{std::vector<float>(members), std::vector<float>(members)}; };
+
+  cpu::for_each_position<float, student_t>(p, make_scratch, [&](int64_t n, Scratch& ws, cpu::GradRows<student_t> out) {
+    student_t* g_loc = out.student;
+    student_t* g_rho = out.log_scale;
+    std::vector<float>& shift = ws.shift;
+    std::vector<float>& offset = ws.offset;
+    const student_t* mu_row = locs + n * vocab;
+    const student_t* rho_row = log_scales + n * vocab;
+    const teacher_t* row = logits + n * members * vocab;
+    cpu::target_normalizers(row, members, vocab, inv_t, norm, shift.data(), offset.data());
+    cpu::ChunkedSum sum;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      const VecF mu = cpu::load_float(mu_row + k);
+      const cpu::ScaleBlock s = cpu::scale_block(cpu::load_float(rho_row + k), log_min_scale, no_min_scale);
+      const cpu::LocScaleBlock t =
+          laplace ? cpu::laplace_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m)
+                  : cpu::gaussian_block(row, k, members, vocab, inv_t, shift.data(), offset.data(), mu, s, inv_m);
+      sum.push(t.loss);
+      if (g_loc != nullptr) {
+        cpu::store_float(t.grad_loc * vgrad_scale, g_loc + k);
+        cpu::store_float(t.grad_log_scale * vgrad_scale, g_rho + k);
       }
-      double total = sum.result();
-      auto target = [&](int64_t m, int64_t k) { return (float(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
-      for (int64_t k = body; k < vocab; ++k) {
-        const math::LocScaleLossGrad<float> t =
-            logit_class<float>(laplace, target, members, k, float(mu_row[k]), float(rho_row[k]), log_min_scale, inv_m);
-        total += double(t.loss);
-        if (g_loc != nullptr) {
-          g_loc[k] = student_t(t.grad_loc * grad_scale);
-          g_rho[k] = student_t(t.grad_log_scale * grad_scale);
-        }
-      }
-      loss[n] = float(total);
     }
+    double total = sum.result();
+    auto target = [&](int64_t m, int64_t k) { return (float(row[m * vocab + k]) * inv_t - shift[m]) - offset[m]; };
+    for (int64_t k = body; k < vocab; ++k) {
+      const math::LocScaleLossGrad<float> t =
+          logit_class<float>(laplace, target, members, k, float(mu_row[k]), float(rho_row[k]), log_min_scale, inv_m);
+      total += double(t.loss);
+      if (g_loc != nullptr) {
+        g_loc[k] = student_t(t.grad_loc * grad_scale);
+        g_rho[k] = student_t(t.grad_log_scale * grad_scale);
+      }
+    }
+    return total;
   });
 }
 

@@ -79,6 +79,6 @@ at::Tensor special_function_cpu(const at::Tensor& x, c10::string_view name) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(edd_ext, CPU, m) { m.impl("special_function", &special_function_cpu); }
+TORCH_LIBRARY_IMPL(edd_ext_testing, CPU, m) { m.impl("special_function", &special_function_cpu); }
 
 }  // namespace edd_ext

@@ -16,7 +16,9 @@
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/dirichlet_math.h"
 #include "edd_ext/ensemble_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -49,7 +51,7 @@ __global__ void dirichlet_nll_kernel(const student_t* __restrict__ student, cons
     const acc_t digamma_alpha0 = acc_t(math::digamma(alpha0));
     const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
     if (logits != nullptr) {
-      cuda::block_member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
+      cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
     }
     double sum[1] = {0};
@@ -109,7 +111,7 @@ __global__ void proxy_kl_kernel(const student_t* __restrict__ student, const tea
     double sums[2] = {0, 0};
     if (logits != nullptr) {
       const teacher_t* row = logits + n * members * vocab;
-      cuda::block_member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
+      cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
       for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
         math::MemberMoments<acc_t> moments;

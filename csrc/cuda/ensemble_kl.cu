@@ -13,7 +13,9 @@
 
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/logit_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -47,7 +49,7 @@ __global__ void ensemble_kl_kernel(const student_t* __restrict__ student, const 
     const acc_t z_max = total.max, z_log_sum = math::log_(total.sum);
     const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
     if (logits != nullptr) {
-      cuda::block_member_normalisers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
+      cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
     }
     double sum[1] = {0};

@@ -14,7 +14,9 @@
 
 #include "edd_ext/cuda/loss_rows.cuh"
 #include "edd_ext/logit_math.h"
-#include "edd_ext/loss_host.h"
+#include "edd_ext/loss_options.h"
+#include "edd_ext/loss_problem.h"
+#include "edd_ext/loss_reduction.h"
 
 namespace edd_ext {
 namespace {
@@ -45,7 +47,7 @@ __global__ void logit_nll_kernel(const student_t* __restrict__ locs, const stude
       continue;
     }
     const teacher_t* row = logits + n * members * vocab;
-    cuda::block_member_normalisers(row, members, vocab, inv_t, norm, shift, offset, scratch);
+    cuda::block_target_normalizers(row, members, vocab, inv_t, norm, shift, offset, scratch);
     double sum[1] = {0};
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
       const acc_t mu = acc_t(locs[n * vocab + k]), rho = acc_t(log_scales[n * vocab + k]);

@@ -48,6 +48,6 @@ at::Tensor special_function_cuda(const at::Tensor& x, c10::string_view name) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(edd_ext, CUDA, m) { m.impl("special_function", &special_function_cuda); }
+TORCH_LIBRARY_IMPL(edd_ext_testing, CUDA, m) { m.impl("special_function", &special_function_cuda); }
 
 }  // namespace edd_ext

@@ -1,11 +1,9 @@
-// CUDA kernels for the uncertainty of a student (SPEC section 3), one block per position, on the current
-// stream, no host synchronisation; row sums are reduced in float64.
+// CUDA kernel of the logit-distribution student's uncertainty measures (SPEC section 3), one block per
+// position, on the current stream, no host synchronisation; row sums are reduced in float64 (the Dirichlet
+// student's kernel is in dirichlet_uncertainty.cu). Also the test-only access to the noise generator.
 //
-// Dirichlet: pass 1 finds the largest logit and sums alpha_k / alpha_top over the other classes (ln alpha_0
-// without overflow), pass 2 adds up the per-class terms of edd_ext/student_math.h.
-//
-// Logit distribution: the noise is a pure function of (seed, position, sample, class) (edd_ext/philox.h), so
-// each pass regenerates what it needs and nothing of size [S, V] is stored:
+// The noise is a pure function of (seed, position, sample, class) (edd_ext/philox.h), so each pass regenerates
+// what it needs and nothing of size [S, V] is stored:
 //   pass 1, per group of four samples (one Philox call per class): each thread streams the four samples'
 //           log-sum-exp over its classes; the block merges them into ln sum_k exp(z_k / T) of each sample,
 //           kept in a [S] workspace row of the block;
@@ -31,91 +29,6 @@ namespace edd_ext {
 namespace {
 
 using math::Family;
-
-template <typename T>
-__device__ __forceinline__ T larger(T a, T b) {
-  return b > a ? b : a;
-}
-
-// The block's maximum, returned to every thread. `scratch` holds kMaxWarps elements of shared memory.
-template <typename T>
-__device__ __forceinline__ T block_max(T v, T* scratch) {
-#pragma unroll
-  for (int offset = cuda::kWarpSize / 2; offset > 0; offset >>= 1) {
-    v = larger(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  }
-  const int lane = threadIdx.x % cuda::kWarpSize, warp = threadIdx.x / cuda::kWarpSize;
-  const int warps = (blockDim.x + cuda::kWarpSize - 1) / cuda::kWarpSize;
-  __syncthreads();  // scratch may still be read by a previous reduction
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  T t = lane < warps ? scratch[lane] : math::neg_inf<T>();
-#pragma unroll
-  for (int offset = cuda::kWarpSize / 2; offset > 0; offset >>= 1) {
-    t = larger(t, __shfl_xor_sync(0xffffffffu, t, offset));
-  }
-  return t;
-}
-
-int64_t grid_for(int64_t positions, const at::Tensor& t, int blocks_per_sm) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device()));
-  return std::max<int64_t>(1, std::min<int64_t>(positions, int64_t(std::max(sms, 1)) * blocks_per_sm));
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Dirichlet
-// ---------------------------------------------------------------------------------------------------
-
-template <typename scalar_t, typename acc_t>
-__global__ void dirichlet_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t vocab, acc_t c,
-                                 acc_t log_c, double* __restrict__ out) {
-  __shared__ acc_t max_scratch[cuda::kMaxWarps];
-  __shared__ double sum_scratch[math::kNumDirichletSums * cuda::kMaxWarps];
-  for (int64_t n = blockIdx.x; n < positions; n += gridDim.x) {
-    const scalar_t* z = logits + n * vocab;
-    acc_t max_z = math::neg_inf<acc_t>();
-    for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) max_z = larger(max_z, acc_t(z[k]));
-    max_z = block_max(max_z, max_scratch);
-    const acc_t top = math::log_concentration(max_z, log_c);
-    double rest[2] = {0, 0};  // sum of alpha_k / alpha_top over the other classes; classes equal to the top
-    for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
-      const acc_t zk = acc_t(z[k]);
-      if (zk == max_z) {
-        rest[1] += 1;
-      } else {
-        rest[0] += double(math::exp_(math::log_concentration(zk, log_c) - top));
-      }
-    }
-    cuda::block_sum(rest, sum_scratch);
-    const math::DirichletScalars s = math::dirichlet_scalars(double(top), rest[0] + (rest[1] - 1));
-    const acc_t log1p_rest = acc_t(s.log1p_rest), g0 = acc_t(s.g0);
-    double sums[math::kNumDirichletSums] = {0, 0, 0, 0};
-    for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
-      math::dirichlet_class_terms<acc_t>(acc_t(z[k]), c, log_c, top, log1p_rest, g0, sums);
-    }
-    cuda::block_sum(sums, sum_scratch);
-    if (threadIdx.x == 0) math::dirichlet_finish(s, sums, vocab, out + n * math::kNumDirichletMeasures);
-  }
-}
-
-at::Tensor dirichlet_uncertainty_cuda(const at::Tensor& student_logits, double model_offset) {
-  DirichletProblem p = make_dirichlet_problem(student_logits, model_offset);
-  if (p.positions == 0) return p.out;
-  const c10::cuda::CUDAGuard guard(p.logits.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int threads = cuda::threads_for(p.vocab);
-  const int64_t blocks = grid_for(p.positions, p.logits, 16);
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        dirichlet_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-            p.logits.const_data_ptr<scalar_t>(), p.positions, p.vocab, acc_t(p.offset), acc_t(p.log_offset),
-            p.out.mutable_data_ptr<double>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-  return p.out;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Logit distribution
@@ -207,7 +120,7 @@ at::Tensor logit_distribution_uncertainty_cuda(const at::Tensor& loc, const at::
   const c10::cuda::CUDAGuard guard(p.loc.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int threads = cuda::threads_for(p.vocab);
-  const int64_t blocks = grid_for(p.positions, p.loc, 8);
+  const int64_t blocks = cuda::grid_for(p.positions, p.loc.get_device(), 8);
   at::Tensor workspace = at::empty({blocks, p.samples}, p.out.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.loc.scalar_type(), "edd_ext::logit_distribution_uncertainty_cuda", [&] {
@@ -302,9 +215,9 @@ at::Tensor philox_noise_cuda(const at::Tensor& positions, int64_t seed, int64_t 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(edd_ext, CUDA, m) {
-  m.impl("dirichlet_uncertainty", &dirichlet_uncertainty_cuda);
-  m.impl("logit_distribution_uncertainty", &logit_distribution_uncertainty_cuda);
+TORCH_LIBRARY_IMPL(edd_ext, CUDA, m) { m.impl("logit_distribution_uncertainty", &logit_distribution_uncertainty_cuda); }
+
+TORCH_LIBRARY_IMPL(edd_ext_testing, CUDA, m) {
   m.impl("philox4x32", &philox4x32_cuda);
   m.impl("philox_noise", &philox_noise_cuda);
 }

@@ -38,8 +38,15 @@ for float64 inputs).
 from ._checks import MEASURES, MODES
 from .dropout import DROPOUT_TYPES, mc_dropout_logits
 from .loss import AmalgamationLoss, amalgamation_kl, amalgamation_loss
-from .targets import (AmalgamationTargets, amalgamation_targets, margin_weights, pad_to_union, selection_weights,
-                      teacher_mean_probs, teacher_score)
+from .targets import (
+                      AmalgamationTargets,
+                      amalgamation_targets,
+                      margin_weights,
+                      pad_to_union,
+                      selection_weights,
+                      teacher_mean_probs,
+                      teacher_score,
+)
 
 __all__ = [
     "MODES",

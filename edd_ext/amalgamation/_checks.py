@@ -10,7 +10,6 @@ from torch import Tensor
 
 from .._validation import check_float_tensor, check_positive
 
-
 #: Ways of combining the teachers: best teacher, score-softmax mixture, plain average (no uncertainty).
 MODES = ("hard", "soft", "average")
 #: Uncertainty behind the teacher score: entropy of the mean prediction, or mutual information.

@@ -7,10 +7,21 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._reduction import check_mask, check_reduction, reduce_loss
-from .._validation import check_choice, check_float_tensor, check_student_logits
-from ._checks import (MEASURES, MODES, LabelMap, _check_num_classes, _check_teacher_list, _check_temperature,
-                      _compute_dtype, _infer_num_classes, _label_map_tensor, _label_maps, _shape)
+from .._validation import check_choice, check_float_tensor, check_mask, check_reduction, check_student_logits
+from ..reference import reduce_loss
+from ._checks import (
+    MEASURES,
+    MODES,
+    LabelMap,
+    _check_num_classes,
+    _check_teacher_list,
+    _check_temperature,
+    _compute_dtype,
+    _infer_num_classes,
+    _label_map_tensor,
+    _label_maps,
+    _shape,
+)
 from .targets import AmalgamationTargets, _targets
 
 

@@ -9,9 +9,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_choice, check_float_tensor
-from ._checks import (MEASURES, MODES, LabelMap, _check_mc_logits, _check_num_classes, _check_teacher_list,
-                      _check_temperature, _compute_dtype, _infer_num_classes, _label_map_tensor, _label_maps, _shape)
-
+from ._checks import (
+    MEASURES,
+    MODES,
+    LabelMap,
+    _check_mc_logits,
+    _check_num_classes,
+    _check_teacher_list,
+    _check_temperature,
+    _compute_dtype,
+    _infer_num_classes,
+    _label_map_tensor,
+    _label_maps,
+    _shape,
+)
 
 # The ensemble-uncertainty op, ``f(teacher_logits [*, M, V], *, temperature) -> Uncertainty`` (fields ``[*]``):
 # the one place this module looks it up. The R dropout passes are its "members" axis.

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 import edd_ext as E
 from edd_ext.uncertainty import sequence
+
 from .corpus import BOS, EOS, PAD, UNK
 from .model import Seq2Seq
 from .train import pad

@@ -10,6 +10,7 @@ import numpy as np
 import sacrebleu
 
 from edd_ext import metrics
+
 from .corpus import Corpus
 from .decode import LengthLimit, System, decode_set
 

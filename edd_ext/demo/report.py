@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from edd_ext import metrics
+
 from .decode import MEASURES
 
 #: Measure whose per-OOD-set AUROC the third printed table shows (knowledge uncertainty).

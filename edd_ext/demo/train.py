@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import edd_ext as E
+
 from .corpus import BOS, EOS, PAD
 from .model import Seq2Seq
 
@@ -176,7 +177,7 @@ def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_
 
 
 @torch.no_grad()
-def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: "Batch") -> None:
+def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: Batch) -> None:
     """Start a logit-space student's biases at the teachers' per-class log-prob mean and spread."""
     x = torch.log_softmax(teacher_logits(teachers, batch.src, batch.prev).float(), -1)[batch.mask]  # [N, M, V]
     mean = x.mean(1)

@@ -1,27 +1,13 @@
 """Uncertainty measures of a Dirichlet student (SPEC section 3), from one fused pass per position."""
 from __future__ import annotations
 
-import math
-import numbers
-
-import torch
 from torch import Tensor
 
-from .. import _ops, _uncertainty_ops  # noqa: F401  (registers the fake kernels)
-from .._validation import check_student_logits
+from .. import _ops, reference
+from .._validation import check_dirichlet_uncertainty_options, check_student_logits
 from ..types import DirichletUncertainty
 
 __all__ = ["dirichlet"]
-
-
-def check_model_offset(model_offset: object) -> None:
-    if (
-        isinstance(model_offset, bool)
-        or not isinstance(model_offset, numbers.Real)
-        or not math.isfinite(model_offset)
-        or model_offset < 0
-    ):
-        raise ValueError(f"model_offset: expected a finite number >= 0, got {model_offset!r}")
 
 
 def dirichlet(student_logits: Tensor, *, model_offset: float = 1.0) -> DirichletUncertainty:
@@ -54,12 +40,8 @@ def dirichlet(student_logits: Tensor, *, model_offset: float = 1.0) -> Dirichlet
         model_offset: c >= 0 in alpha = exp(z) + c (SPEC ``model_offset``, default 1).
     """
     check_student_logits("student_logits", student_logits)
-    check_model_offset(model_offset)
-    if not _ops.use_extension():
-        from .. import reference
-
-        return DirichletUncertainty(
-            *reference.dirichlet_uncertainty(student_logits.detach().double(), model_offset=float(model_offset))
-        )
-    out = torch.ops.edd_ext.dirichlet_uncertainty(student_logits.detach(), float(model_offset))
-    return DirichletUncertainty(*out.unbind(-1))
+    check_dirichlet_uncertainty_options(model_offset)
+    if not _ops.fused(student_logits):
+        u = reference.dirichlet_uncertainty(student_logits.detach().double(), model_offset=float(model_offset))
+        return DirichletUncertainty(*u)
+    return _ops.uncertainty.dirichlet_uncertainty(student_logits, model_offset)

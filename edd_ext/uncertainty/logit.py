@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
-from .. import _ops, _uncertainty_ops  # noqa: F401  (registers the fake kernels)
-from .._validation import check_choice
-from ..reference import _check_loc_scale
+from .. import _ops, reference
+from .._validation import FAMILIES, check_choice, check_int, check_loc_scale, check_real
 from ..types import Uncertainty
 
 __all__ = ["logit_distribution", "gaussian_epkl", "FAMILIES"]
 
-FAMILIES = ("gaussian", "laplace")
 _MAX_SAMPLES = 2**32
-
-
-def _check_real(name: str, value: object, *, minimum: float, strict: bool) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= minimum if strict else value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name}: expected a finite number {relation} {minimum}, got {value!r}")
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value < high:
-        raise ValueError(f"{name}: expected an int in [{low}, {high}), got {value!r}")
-
-
-def _seed_word(seed: int) -> int:
-    """``seed`` mod 2^64 as the signed int64 the op schema carries."""
-    seed = int(seed) % 2**64
-    return seed - 2**64 if seed >= 2**63 else seed
 
 
 def logit_distribution(
@@ -83,24 +62,19 @@ def logit_distribution(
         temperature: T > 0.
         min_scale: floor added to exp(rho), >= 0.
     """
-    _check_loc_scale(loc, log_scale)
+    check_loc_scale(loc, log_scale)
     check_choice("family", family, FAMILIES)
-    _check_int("num_samples", num_samples, 1, _MAX_SAMPLES + 1)
-    _check_int("seed", seed, -(2**63), 2**64)
-    _check_real("temperature", temperature, minimum=0.0, strict=True)
-    _check_real("min_scale", min_scale, minimum=0.0, strict=False)
-    if not _ops.use_extension():
-        from .. import reference
-
+    check_int("num_samples", num_samples, 1, _MAX_SAMPLES + 1)
+    check_int("seed", seed, -(2**63), 2**64)
+    check_real("temperature", temperature, minimum=0.0, strict=True)
+    check_real("min_scale", min_scale, minimum=0.0, strict=False)
+    if not _ops.fused(loc):
         return reference.logit_distribution_uncertainty(
             loc.detach(), log_scale.detach(), family=family, num_samples=int(num_samples), seed=int(seed) % 2**63,
             temperature=float(temperature), min_scale=float(min_scale),
         )
-    out = torch.ops.edd_ext.logit_distribution_uncertainty(
-        loc.detach(), log_scale.detach(), family, int(num_samples), _seed_word(seed), float(temperature),
-        float(min_scale),
-    )
-    return Uncertainty(*out.unbind(-1))
+    return _ops.uncertainty.logit_distribution_uncertainty(loc, log_scale, family, num_samples, seed, temperature,
+                                                           min_scale)
 
 
 def gaussian_epkl(loc: Tensor, log_scale: Tensor, *, min_scale: float = 0.0) -> Tensor:
@@ -122,8 +96,8 @@ def gaussian_epkl(loc: Tensor, log_scale: Tensor, *, min_scale: float = 0.0) -> 
     Shape:
         loc, log_scale: ``[*, V]``. Output: ``[*]``, float32 (float64 for float64 inputs).
     """
-    _check_loc_scale(loc, log_scale)
-    _check_real("min_scale", min_scale, minimum=0.0, strict=False)
+    check_loc_scale(loc, log_scale)
+    check_real("min_scale", min_scale, minimum=0.0, strict=False)
     dtype = torch.float64 if loc.dtype == torch.float64 else torch.float32
     mu, rho = loc.detach().to(dtype), log_scale.detach().to(dtype)
     if min_scale > 0:

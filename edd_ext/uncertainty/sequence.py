@@ -78,7 +78,7 @@ def _check_token_log_probs(token_log_probs: Tensor, mask: Optional[Tensor]) -> N
     )
 
 
-def _masked_token_log_probs(token_log_probs: Tensor, mask: Optional[Tensor]) -> "tuple[Tensor, Tensor]":
+def _masked_token_log_probs(token_log_probs: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """``token_log_probs`` in the compute dtype with masked tokens set to 0, and the lengths ``[*]``."""
     x = token_log_probs.to(_compute_dtype(token_log_probs))
     if mask is None:

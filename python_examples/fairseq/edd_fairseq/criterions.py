@@ -34,15 +34,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from torch import Tensor
-
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
+from torch import Tensor
 
-from . import _api
+import edd_ext as E
 
 __all__ = [
     "EnsembleKLCriterion",
@@ -78,10 +77,10 @@ def _stats_from_teacher(teacher: dict):
     """The teacher's :class:`edd_ext.EnsembleStats`, computed from logits or rebuilt from cached fields."""
     if "stats" in teacher:
         s = teacher["stats"]
-        return _api.EnsembleStats(s["mean_probs"], s["mean_log_probs"], s["total"], s["data"],
+        return E.EnsembleStats(s["mean_probs"], s["mean_log_probs"], s["total"], s["data"],
                                   s["mutual_information"], s["epkl"], s["rmi"],
                                   num_members=int(teacher.get("num_members", 0)))
-    return _api.ensemble_stats(teacher["logits"], temperature=float(teacher.get("temperature", 1.0)),
+    return E.ensemble_stats(teacher["logits"], temperature=float(teacher.get("temperature", 1.0)),
                                smoothing=float(teacher.get("smoothing", 0.0)))
 
 
@@ -193,7 +192,7 @@ class EnsembleKLCriterion(_EddCriterion):
     """EnD: KL from the ensemble mean to the student's categorical (``edd_ext.ensemble_kl``)."""
 
     def compute_loss(self, net_output, teacher, stats, mask):
-        return _api.ensemble_kl(_logits(net_output), stats, mask=mask, reduction="sum")
+        return E.ensemble_kl(_logits(net_output), stats, mask=mask, reduction="sum")
 
     def student_measures(self, net_output, target, mask, training=False):
         log_probs = torch.log_softmax(_logits(net_output).float(), dim=-1)
@@ -203,7 +202,7 @@ class EnsembleKLCriterion(_EddCriterion):
 
 def _dirichlet_measures(z: Tensor, target: Tensor, mask: Tensor, model_offset: float) -> dict:
     z = z.float()
-    u = _api.dirichlet_uncertainty(z, model_offset=model_offset)
+    u = E.uncertainty.dirichlet(z, model_offset=model_offset)
     # ln p_y = ln alpha_y - ln alpha_0 with ln alpha = logaddexp(z, ln c)
     log_c = math.log(model_offset) if model_offset > 0 else -math.inf
     log_alpha = torch.logaddexp(z, torch.full_like(z, log_c))
@@ -225,7 +224,7 @@ class DirichletNLLCriterion(_EddCriterion):
     for the usual temperature-annealed, smoothed training."""
 
     def compute_loss(self, net_output, teacher, stats, mask):
-        return _api.dirichlet_nll(_logits(net_output), stats, model_offset=self.cfg.model_offset, mask=mask,
+        return E.dirichlet_nll(_logits(net_output), stats, model_offset=self.cfg.model_offset, mask=mask,
                                   reduction="sum")
 
     def student_measures(self, net_output, target, mask, training=False):
@@ -259,7 +258,7 @@ class ProxyDirichletKLCriterion(_EddCriterion):
 
     def compute_loss(self, net_output, teacher, stats, mask):
         c = self.cfg
-        return _api.proxy_dirichlet_kl(
+        return E.proxy_dirichlet_kl(
             _logits(net_output), stats, direction=str(c.direction), precision=str(c.precision),
             model_offset=c.model_offset, target_offset=c.target_offset, eps=c.eps,
             max_precision=c.max_precision, reference_code_compat=bool(c.reference_code_compat), mask=mask,
@@ -303,7 +302,7 @@ class _LogitCriterion(_EddCriterion):
             raise ValueError("sample['teacher']: the logit-space criteria need every member's logits "
                              "[B, T, M, V], got cached statistics only")
         loc, log_scale = self._loc_scale(net_output)
-        fn = _api.logit_gaussian_nll if self.family == "gaussian" else _api.logit_laplace_nll
+        fn = E.logit_gaussian_nll if self.family == "gaussian" else E.logit_laplace_nll
         return fn(loc, log_scale, teacher["logits"], teacher_norm=str(self.cfg.teacher_norm),
                   temperature=float(teacher.get("temperature", 1.0)), min_scale=self.cfg.min_scale, mask=mask,
                   reduction="sum")
@@ -316,7 +315,7 @@ class _LogitCriterion(_EddCriterion):
         scale = log_scale.exp() + self.cfg.min_scale
         out = {"nll": nll, "scale": scale.mean(-1)}
         if self.cfg.uncertainty_samples > 0 and not training:
-            u = _api.logit_distribution_uncertainty(
+            u = E.uncertainty.logit_distribution(
                 loc, log_scale, family=self.family, num_samples=int(self.cfg.uncertainty_samples), seed=0,
                 min_scale=self.cfg.min_scale)
             out["tu"], out["mi"] = u.total, u.mutual_information

@@ -39,7 +39,8 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 from fairseq import checkpoint_utils, options, tasks, utils  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
-from . import _api  # noqa: E402
+import edd_ext  # noqa: E402
+
 from .sequence_uncertainty import KINDS, HypothesisScorer, kind_of_checkpoint  # noqa: E402
 
 logger = logging.getLogger("edd_fairseq.generate")
@@ -101,8 +102,8 @@ def main(argv=None):
         models, kind, tgt_dict.pad(), tgt_dict.eos(), model_offset=float(options_.get("model_offset", 1.0)),
         min_scale=float(options_.get("min_scale", 0.0)), num_samples=args.edd_samples, seed=args.edd_seed,
         nbest_temperature=args.edd_nbest_temperature)
-    logger.info("scoring %d model(s) from %s as %r; edd_ext sources: %s", len(models), cfg.common_eval.path, kind,
-                ", ".join(f"{k}={v}" for k, v in sorted(_api.SOURCES.items())))
+    logger.info("scoring %d model(s) from %s as %r; edd_ext compiled ops: %s (CUDA: %s)", len(models),
+                cfg.common_eval.path, kind, edd_ext.has_extension(), edd_ext.cuda_built())
 
     generator = task.build_generator(models, cfg.generation)
     for subset in [x for x in cfg.dataset.gen_subset.split(",") if x]:

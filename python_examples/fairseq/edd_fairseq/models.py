@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from torch import Tensor, nn
-
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import (
     TransformerConfig,
@@ -23,6 +21,7 @@ from fairseq.models.transformer import (
     TransformerModel,
     base_architecture,
 )
+from torch import Tensor, nn
 
 __all__ = ["LogScaleTransformerDecoder", "LogitDistributionTransformerModel"]
 

@@ -44,9 +44,8 @@ def score_system(folder: str, id_subset: str, ood_subsets: Dict[str, str], level
     import numpy as np
     import sacrebleu
 
-    from . import _api
+    from edd_ext import metrics
 
-    metrics = _api.metrics
     ind = read_jsonl(os.path.join(folder, f"uncertainty-{id_subset}.jsonl"))
     hyps, refs = [r["hyp"] for r in ind], [r["ref"] for r in ind]
     result = {"folder": folder, "kind": ind[0]["kind"] if ind else None, "sentences": len(ind),

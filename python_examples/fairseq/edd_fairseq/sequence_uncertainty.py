@@ -17,7 +17,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from . import _api
+import edd_ext as E
+from edd_ext.uncertainty import sequence as seq
 
 KINDS = ("ensemble", "categorical", "dirichlet", "logit-gaussian", "logit-laplace")
 TOKEN_MEASURES = ("tu", "du", "mi", "epkl", "rmi")
@@ -99,13 +100,13 @@ class HypothesisScorer:
         extra_token = {}
         if self.kind in ("ensemble", "categorical"):
             logits = torch.stack([o[0].float() for o in outputs], dim=2)  # [N, L, M, V]
-            u = _api.ensemble_uncertainty(logits)
+            u = E.uncertainty.ensemble(logits)
             log_probs = torch.log_softmax(logits, dim=-1)
             token_lp = log_probs.gather(-1, safe_target.unsqueeze(-2).expand(-1, -1, logits.size(2), -1))
             token_lp = token_lp.squeeze(-1).transpose(1, 2)  # [N, M, L]
         elif self.kind == "dirichlet":
             z = outputs[0][0].float()
-            u = _api.dirichlet_uncertainty(z, model_offset=self.model_offset)
+            u = E.uncertainty.dirichlet(z, model_offset=self.model_offset)
             log_c = math.log(self.model_offset) if self.model_offset > 0 else -math.inf
             log_alpha = torch.logaddexp(z, torch.full_like(z, log_c))
             log_p = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
@@ -116,13 +117,12 @@ class HypothesisScorer:
             if not isinstance(extra, dict) or "log_scale" not in extra:
                 raise ValueError(f"kind {self.kind!r}: the model has no log-scale head (extra['log_scale'])")
             loc, log_scale = loc.float(), extra["log_scale"].float()
-            u = _api.logit_distribution_uncertainty(
+            u = E.uncertainty.logit_distribution(
                 loc, log_scale, family=self.kind.split("-")[1], num_samples=self.num_samples, seed=self.seed,
                 min_scale=self.min_scale)
             token_lp = torch.log_softmax(loc, dim=-1).gather(-1, safe_target).squeeze(-1).unsqueeze(1)
             extra_token["scale"] = (log_scale.exp() + self.min_scale).mean(-1)
 
-        seq = _api.sequence
         token = {name: getattr(u, field) for name, field in _FIELDS.items()}
         token.update(extra_token)
         sequence = {
@@ -154,5 +154,5 @@ class HypothesisScorer:
         out = {}
         for name in SEQUENCE_MEASURES:
             values = torch.tensor([h["sequence"][name] for h in scored], dtype=torch.float64)
-            out[name] = float(_api.sequence.nbest_aggregate(values, log_probs, self.nbest_temperature))
+            out[name] = float(seq.nbest_aggregate(values, log_probs, self.nbest_temperature))
         return out

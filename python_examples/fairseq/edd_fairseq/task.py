@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
-from torch import Tensor
-
-from fairseq import checkpoint_utils, models as fairseq_models
+from fairseq import checkpoint_utils
+from fairseq import models as fairseq_models
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from torch import Tensor
 
-from . import _api
+import edd_ext as E
+
 from .teacher_cache import TeacherCache, TeacherCachedDataset, _file_signature
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class DistillationTask(TranslationTask):
 
             cache.build(dataset.dataset, run, num_members=self.num_teachers, num_classes=len(self.tgt_dict),
                         temperature=float(self.cfg.teacher_temperature),
-                        smoothing=float(self.cfg.teacher_smoothing), stats_fn=_api.ensemble_stats,
+                        smoothing=float(self.cfg.teacher_smoothing), stats_fn=E.ensemble_stats,
                         max_tokens=self.cfg.teacher_cache_max_tokens)
         dataset.attach(cache)
 

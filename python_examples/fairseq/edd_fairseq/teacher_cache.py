@@ -22,9 +22,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from fairseq.data import BaseWrapperDataset
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
 

@@ -89,7 +89,8 @@ EDD_CPU_INLINE void proxy_kl_block(const VecF& e, const VecF& mean_prob, const P
 
 // ---- Logit-space losses (gaussian_class, laplace_class) ----
 // Per-member normalisers of the targets x_mk = (u_mk / T - shift_m) - offset_m for every teacher_norm
-// (cpu_teacher.h, member_normalisers): log_softmax through member_normalizers; center sums u / T in double.
+// (the SIMD form of loss_rows.h, scalar_target_normalizers): log_softmax through member_normalizers; center
+// sums u / T in double.
 template <typename teacher_t>
 void target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, float inv_t, math::TeacherNorm norm,
                         float* shift, float* offset) {

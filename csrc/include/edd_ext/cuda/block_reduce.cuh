@@ -1,7 +1,11 @@
 // Block-wide reductions for the block-per-position CUDA kernels (blockDim.x a multiple of 32, <= 1024).
 #pragma once
 
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
 
 #include "edd_ext/softmax.h"
 
@@ -70,6 +74,14 @@ __device__ __forceinline__ math::OnlineLogSumExp<T> block_logsumexp(math::Online
 
 // Threads per block for a row of `vocab` classes.
 inline int threads_for(int64_t vocab) { return vocab >= 8192 ? 512 : (vocab >= 1024 ? 256 : 128); }
+
+// Blocks for `positions` rows on `device`: at most `blocks_per_sm` per multiprocessor (a block loops over
+// positions).
+inline int64_t grid_for(int64_t positions, int device, int blocks_per_sm) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return std::max<int64_t>(1, std::min<int64_t>(positions, int64_t(std::max(sms, 1)) * blocks_per_sm));
+}
 
 }  // namespace cuda
 }  // namespace edd_ext

@@ -23,11 +23,12 @@ struct LossScratch {
 };
 
 // Per-member normalisers of one position's logits u [M, V] into shared memory (shift[m], offset[m]), so that
-// the targets are x_mk = (u_mk / T - shift_m) - offset_m (see edd_ext/cpu_teacher.h for the three modes).
+// the targets are x_mk = (u_mk / T - shift_m) - offset_m (the three modes: scalar_target_normalizers in
+// edd_ext/cpu/loss_rows.h).
 // Every thread of the block must call it; the results are visible to all threads on return.
 template <typename teacher_t, typename acc_t>
-__device__ void block_member_normalisers(const teacher_t* __restrict__ row, int64_t members, int64_t vocab,
-                                         acc_t inv_t, math::TeacherNorm norm, acc_t* shift, acc_t* offset,
+__device__ void block_target_normalizers(const teacher_t* __restrict__ row, int64_t members, int64_t vocab, acc_t inv_t,
+                                         math::TeacherNorm norm, acc_t* shift, acc_t* offset,
                                          LossScratch<acc_t>& scratch) {
   for (int64_t m = 0; m < members; ++m) {
     const teacher_t* u = row + m * vocab;

@@ -1,5 +1,9 @@
-// CPU helpers for reading one position's teacher logits [M, V] and student row [V] in the loss kernels.
+// Per-position building blocks of the CPU distillation-loss kernels: the loop over the positions (the
+// output pointers, at::parallel_for and a masked position's zero rows), the scalar normalisers of one
+// position's teacher logits [M, V] and student row [V], and the allocation advice for the gradient rows.
 #pragma once
+
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
@@ -9,20 +13,23 @@
 #endif
 
 #include "edd_ext/logit_math.h"
+#include "edd_ext/loss_problem.h"
 #include "edd_ext/softmax.h"
 
 namespace edd_ext {
 namespace cpu {
 
-// Per-member normalisers of one position's logits u [M, V], so that the targets are
+// Per-member normalisers of one position's logits u [M, V] for every teacher_norm, in the scalar math of acc_t
+// (float64 inputs and row tails; loss_blocks.h, target_normalizers, is the SIMD float32 form), so that the
+// targets are
 //   x_mk = (u_mk / T - shift_m) - offset_m
 // log_softmax: shift = max_k u_mk / T, offset = ln sum_k exp(u_mk / T - shift)  (x = log-probabilities; the
 //              maximum is subtracted first so that large logits keep their digits)
 // center:      shift = mean_k u_mk / T (summed in float64), offset = 0
 // none:        shift = offset = 0
 template <typename teacher_t, typename acc_t>
-void member_normalisers(const teacher_t* row, int64_t members, int64_t vocab, acc_t inv_t, math::TeacherNorm norm,
-                        acc_t* shift, acc_t* offset) {
+void scalar_target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, acc_t inv_t,
+                               math::TeacherNorm norm, acc_t* shift, acc_t* offset) {
   for (int64_t m = 0; m < members; ++m) {
     const teacher_t* u = row + m * vocab;
     if (norm == math::TeacherNorm::kLogSoftmax) {
@@ -88,6 +95,37 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 inline int64_t grain_for(int64_t members, int64_t vocab) {
   const int64_t work = (members > 0 ? members : 1) * vocab;
   return work >= 32768 ? 1 : 32768 / work;
+}
+
+// The gradient rows of one position: w.r.t. the student (loc for the logit losses) and, for the logit losses,
+// w.r.t. log_scale; nullptr where the op computes no gradient (or the loss has no log_scale).
+template <typename student_t>
+struct GradRows {
+  student_t* student;
+  student_t* log_scale;
+};
+
+// The position loop of every CPU loss kernel: one task per grain_for(members, vocab) positions; each task
+// makes its own scratch (`make_scratch()`, called once per task); every masked position gets its zero loss
+// and gradient rows (skip_masked), and every other position n gets loss[n] = acc_t(body(n, scratch, rows)),
+// the body writing the gradient rows itself (when they are not nullptr).
+template <typename acc_t, typename student_t, typename MakeScratch, typename Body>
+void for_each_position(const LossProblem& p, MakeScratch&& make_scratch, Body&& body) {
+  const int64_t vocab = p.vocab;
+  const bool* mask = p.mask_data();
+  acc_t* loss = p.loss.mutable_data_ptr<acc_t>();
+  student_t* grad = p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr;
+  student_t* grad_log_scale =
+      p.compute_grad && p.grad_log_scale.defined() ? p.grad_log_scale.mutable_data_ptr<student_t>() : nullptr;
+  at::parallel_for(0, p.positions, grain_for(p.members, vocab), [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t n = begin; n < end; ++n) {
+      const GradRows<student_t> rows{grad != nullptr ? grad + n * vocab : nullptr,
+                                     grad_log_scale != nullptr ? grad_log_scale + n * vocab : nullptr};
+      if (skip_masked(mask, n, loss, vocab, rows.student, rows.log_scale)) continue;
+      loss[n] = acc_t(body(n, scratch, rows));
+    }
+  });
 }
 
 }  // namespace cpu

@@ -1,41 +1,25 @@
-// Host-side argument checks, output allocation and dtype dispatch for the distillation-loss ops (SPEC
-// section 2), shared by the CPU and CUDA implementations so that both accept and return exactly the same
-// things. The Python layer (edd_ext/losses.py) validates first with the same wording; these checks guard
-// direct torch.ops.edd_ext.* calls.
+// Problem set-up of the distillation-loss ops (SPEC section 2), shared by the CPU and CUDA implementations
+// so that both accept and return exactly the same things: the shape, dtype and device checks of the inputs,
+// and the allocation of the outputs. The Python layer validates first with the same wording; these checks
+// guard direct torch.ops.edd_ext.* calls.
 //
-// Every loss op returns the loss (float32, or float64 when the student or the teacher is float64) reduced
-// as asked: per position [*] (reduction none), or their sum or mean over the unmasked positions [] (sum,
-// mean; the mean is 0 when none is unmasked); and, when compute_grad is set, the gradient of that output
-// with respect to the student [*, V] in the student's dtype (otherwise an empty [0] tensor): for none, of
-// each position's own loss; for mean, already divided by the number of unmasked positions. Masked positions
-// (mask == False) are skipped: loss 0 and gradient 0, whatever they hold.
+// Every loss op returns the loss (float32, or float64 when the student or the teacher is float64) and, when
+// compute_grad is set, the gradient with respect to the student [*, V] in the student's dtype (otherwise an
+// empty [0] tensor); the reduction of both is in edd_ext/loss_reduction.h. Masked positions (mask == False)
+// are skipped: loss 0 and gradient 0, whatever they hold.
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/scalar_tensor.h>
 #include <c10/util/Optional.h>
 
-#include <cmath>
-#include <limits>
+#include <cstdint>
 #include <string>
-#include <type_traits>
 
 #include "edd_ext/checks.h"
-#include "edd_ext/dirichlet_math.h"
-#include "edd_ext/logit_math.h"
+#include "edd_ext/loss_options.h"
 
 namespace edd_ext {
-
-// The loss ops' reduction argument.
-enum class Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
-
-inline Reduction parse_reduction(int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "reduction: expected 0 (none), 1 (sum) or 2 (mean), got ",
-                    reduction);
-  return static_cast<Reduction>(reduction);
-}
 
 struct LossProblem {
   at::Tensor student;          // [N, V] contiguous (loc for the logit losses)
@@ -176,119 +160,6 @@ inline LossProblem make_logit_problem(const at::Tensor& loc, const at::Tensor& l
   if (mask.has_value()) p.mask = mask->contiguous();
   allocate_outputs(p, loc, 1, teacher_logits.scalar_type(), true);
   return p;
-}
-
-// CPU: the mean's 1 / max(unmasked positions, 1) (counting a host mask is free), else 1.
-inline double host_grad_scale(const LossProblem& p) {
-  if (p.reduction != Reduction::kMean) return 1.0;
-  const int64_t count = p.mask.defined() ? p.mask.sum().item<int64_t>() : p.positions;
-  return 1.0 / double(count > 1 ? count : 1);
-}
-
-// The number of unmasked positions as a 0-dim tensor of `dtype` on the inputs' device, at least 1 (no host
-// synchronisation on CUDA).
-inline at::Tensor unmasked_count(const LossProblem& p, at::ScalarType dtype) {
-  if (!p.mask.defined()) return at::scalar_tensor(double(p.positions > 1 ? p.positions : 1), p.loss.options().dtype(dtype));
-  return p.mask.sum().clamp_min(1).to(dtype);
-}
-
-// The op's loss output from the per-position losses (masked ones are 0): [*], their sum, or their mean.
-inline at::Tensor reduced_loss(const LossProblem& p) {
-  if (p.reduction == Reduction::kNone) return p.loss;
-  at::Tensor total = p.loss.sum();
-  if (p.reduction == Reduction::kSum) return total;
-  return total.div(unmasked_count(p, total.scalar_type()));
-}
-
-// CUDA: divides the gradient rows by the unmasked positions for the mean (on the device, no synchronisation).
-inline void scale_grad_on_device(const LossProblem& p) {
-  if (p.reduction != Reduction::kMean || !p.compute_grad) return;
-  const at::Tensor inv_count = unmasked_count(p, p.loss.scalar_type()).reciprocal();
-  p.grad.mul_(inv_count);
-  if (p.grad_log_scale.defined()) p.grad_log_scale.mul_(inv_count);
-}
-
-// Options of the proxy-Dirichlet KL, checked once for both backends.
-struct ProxyOptions {
-  math::ProxyMode mode = math::ProxyMode::kReverse;
-  bool mkl = true;
-  double model_offset = 1, log_model_offset = 0, target_offset = 1, eps = 0, max_precision = 0;  // 0: no clamp
-};
-
-inline double log_or_neg_inf(double x);
-inline void check_positive_option(double value, const char* name);
-inline void check_nonnegative_option(double value, const char* name);
-
-inline ProxyOptions parse_proxy_options(c10::string_view direction, c10::string_view precision, double model_offset,
-                                        double target_offset, double eps, c10::optional<double> max_precision,
-                                        bool reference_code_compat) {
-  ProxyOptions o;
-  TORCH_CHECK_VALUE(direction == "reverse" || direction == "forward",
-                    "direction: expected one of 'reverse', 'forward', got '", direction, "'");
-  TORCH_CHECK_VALUE(precision == "mkl" || precision == "epkl", "precision: expected one of 'mkl', 'epkl', got '",
-                    precision, "'");
-  TORCH_CHECK_VALUE(!(reference_code_compat && direction != "reverse"),
-                    "reference_code_compat: the released code's objective exists for direction='reverse' only, got "
-                    "direction='", direction, "'");
-  check_nonnegative_option(model_offset, "model_offset");
-  check_nonnegative_option(target_offset, "target_offset");
-  check_positive_option(eps, "eps");
-  if (max_precision.has_value()) check_positive_option(*max_precision, "max_precision");
-  o.mode = reference_code_compat ? math::ProxyMode::kReferenceCompat
-                                 : (direction == "reverse" ? math::ProxyMode::kReverse : math::ProxyMode::kForward);
-  o.mkl = precision == "mkl";
-  o.model_offset = model_offset;
-  o.log_model_offset = log_or_neg_inf(model_offset);
-  o.target_offset = target_offset;
-  o.eps = eps;
-  o.max_precision = max_precision.has_value() ? *max_precision : 0.0;
-  return o;
-}
-
-inline math::TeacherNorm parse_teacher_norm(c10::string_view name) {
-  if (name == "log_softmax") return math::TeacherNorm::kLogSoftmax;
-  if (name == "center") return math::TeacherNorm::kCenter;
-  TORCH_CHECK_VALUE(name == "none", "teacher_norm: expected one of 'log_softmax', 'center', 'none', got '", name, "'");
-  return math::TeacherNorm::kNone;
-}
-
-// true for "laplace", false for "gaussian".
-inline bool parse_logit_family(c10::string_view family) {
-  TORCH_CHECK_VALUE(family == "gaussian" || family == "laplace", "family: expected one of 'gaussian', 'laplace', got '",
-                    family, "'");
-  return family == "laplace";
-}
-
-inline void check_positive_option(double value, const char* name) {
-  TORCH_CHECK_VALUE(value > 0 && std::isfinite(value), name, ": expected a positive finite number, got ", value);
-}
-
-inline void check_nonnegative_option(double value, const char* name) {
-  TORCH_CHECK_VALUE(value >= 0 && std::isfinite(value), name, ": expected a finite number >= 0, got ", value);
-}
-
-// ln(x) for x >= 0, -inf at 0.
-inline double log_or_neg_inf(double x) { return x > 0 ? std::log(x) : -std::numeric_limits<double>::infinity(); }
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// The compute type of a student/teacher pair: float64 when either is float64, else float32.
-template <typename student_t, typename teacher_t>
-using loss_acc_t = std::conditional_t<std::is_same_v<student_t, double> || std::is_same_v<teacher_t, double>, double,
-                                      float>;
-
-// Calls f(TypeTag<student_t>{}, TypeTag<teacher_t>{}) for the runtime dtypes (each of float16, bfloat16,
-// float32, float64): the student and the teacher may differ, and no converted copy of the teacher is made.
-template <typename F>
-void dispatch_student_teacher(at::ScalarType student, at::ScalarType teacher, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher, "edd_ext::loss (teacher)", [&] {
-    using teacher_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student, "edd_ext::loss (student)",
-                                    [&] { f(TypeTag<scalar_t>{}, TypeTag<teacher_t>{}); });
-  });
 }
 
 }  // namespace edd_ext

@@ -27,7 +27,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _ops
+from ..types import EnsembleStats
+from . import has_extension
 
 __all__ = ["dirichlet_nll", "proxy_dirichlet_kl", "logit_nll", "ensemble_kl"]
 
@@ -109,11 +110,7 @@ def _requires_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _detach(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.detach()
-
-
-if _ops.has_extension():
+if has_extension():
 
     # ---- fake kernels (shapes and dtypes only) ----
 
@@ -189,32 +186,40 @@ if _ops.has_extension():
 
 
 # ---- call wrappers: the reduced loss, with the gradient computed only when autograd needs it ----
+# ``teacher`` is ``[*, M, V]`` logits or an EnsembleStats; each wrapper passes the op the one form it got.
 
 
-def dirichlet_nll(student_logits: Tensor, teacher_logits: Optional[Tensor], mean_log_probs: Optional[Tensor],
-                  mask: Optional[Tensor], model_offset: float, reduction: str) -> Tensor:
+def _logits_or(teacher, field: str):
+    """(teacher logits or None, the EnsembleStats field or None)."""
+    if isinstance(teacher, EnsembleStats):
+        return None, getattr(teacher, field).detach()
+    return teacher.detach(), None
+
+
+def dirichlet_nll(student_logits: Tensor, teacher, *, model_offset: float, mask: Optional[Tensor],
+                  reduction: str) -> Tensor:
     loss, _ = torch.ops.edd_ext.dirichlet_nll(
-        student_logits, _detach(teacher_logits), _detach(mean_log_probs), mask, float(model_offset),
+        student_logits, *_logits_or(teacher, "mean_log_probs"), mask, float(model_offset),
         REDUCTION_CODES[reduction], _requires_grad(student_logits), True,
     )
     return loss
 
 
-def proxy_dirichlet_kl(student_logits: Tensor, teacher_logits: Optional[Tensor], mean_probs: Optional[Tensor],
-                       teacher_measure: Optional[Tensor], mask: Optional[Tensor], *, direction: str, precision: str,
-                       model_offset: float, target_offset: float, eps: float, max_precision: Optional[float],
-                       reference_code_compat: bool, reduction: str) -> Tensor:
+def proxy_dirichlet_kl(student_logits: Tensor, teacher, *, direction: str, precision: str, model_offset: float,
+                       target_offset: float, eps: float, max_precision: Optional[float],
+                       reference_code_compat: bool, mask: Optional[Tensor], reduction: str) -> Tensor:
+    logits, mean_probs = _logits_or(teacher, "mean_probs")
+    measure = None if logits is not None else _logits_or(teacher, "rmi" if precision == "mkl" else "epkl")[1]
     loss, _ = torch.ops.edd_ext.proxy_dirichlet_kl(
-        student_logits, _detach(teacher_logits), _detach(mean_probs), _detach(teacher_measure), mask, direction,
-        precision, float(model_offset), float(target_offset), float(eps),
-        None if max_precision is None else float(max_precision), bool(reference_code_compat),
-        REDUCTION_CODES[reduction], _requires_grad(student_logits), True,
+        student_logits, logits, mean_probs, measure, mask, direction, precision, float(model_offset),
+        float(target_offset), float(eps), None if max_precision is None else float(max_precision),
+        bool(reference_code_compat), REDUCTION_CODES[reduction], _requires_grad(student_logits), True,
     )
     return loss
 
 
-def logit_nll(loc: Tensor, log_scale: Tensor, teacher_logits: Tensor, mask: Optional[Tensor], *, family: str,
-              teacher_norm: str, temperature: float, min_scale: float, reduction: str) -> Tensor:
+def logit_nll(loc: Tensor, log_scale: Tensor, teacher_logits: Tensor, *, family: str, teacher_norm: str,
+              temperature: float, min_scale: float, mask: Optional[Tensor], reduction: str) -> Tensor:
     loss, _, _ = torch.ops.edd_ext.logit_nll(
         loc, log_scale, teacher_logits.detach(), mask, family, teacher_norm, float(temperature), float(min_scale),
         REDUCTION_CODES[reduction], _requires_grad(loc, log_scale), True,
@@ -222,10 +227,9 @@ def logit_nll(loc: Tensor, log_scale: Tensor, teacher_logits: Tensor, mask: Opti
     return loss
 
 
-def ensemble_kl(student_logits: Tensor, teacher_logits: Optional[Tensor], mean_probs: Optional[Tensor],
-                mask: Optional[Tensor], reduction: str) -> Tensor:
+def ensemble_kl(student_logits: Tensor, teacher, *, mask: Optional[Tensor], reduction: str) -> Tensor:
     loss, _ = torch.ops.edd_ext.ensemble_kl(
-        student_logits, _detach(teacher_logits), _detach(mean_probs), mask, REDUCTION_CODES[reduction],
+        student_logits, *_logits_or(teacher, "mean_probs"), mask, REDUCTION_CODES[reduction],
         _requires_grad(student_logits), True
     )
     return loss
