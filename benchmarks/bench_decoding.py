@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import os
 import sys
 
@@ -50,8 +51,8 @@ def run(args) -> list:
             row = {"system": system.name, "length": length}
             for name, beam, incremental in [("full", 1, False), ("incremental", 1, True),
                                             (f"beam {args.beam}", args.beam, True)]:
-                fn = lambda: search(system, src, length, beam=beam, min_len=length,  # noqa: E731
-                                    incremental=incremental)
+                fn = functools.partial(search, system, src, length, beam=beam, min_len=length,
+                                       incremental=incremental)
                 assert int(fn().lengths.min()) == length
                 row[name] = common.median_time(fn, device, repeats=args.repeats, warmup=1) / args.sentences
             rows.append(row)
@@ -64,12 +65,15 @@ def table(rows, beam: int) -> str:
             f"beam {beam} incremental ms/sentence | growth full | growth incremental |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     prev = {}
+
+    def growth(row, before, key):
+        return "—" if before is None else f"{row[key] / before[key]:.2f}"
+
     for r in rows:
         p = prev.get(r["system"])
-        growth = lambda k: "—" if p is None else f"{r[k] / p[k]:.2f}"  # noqa: E731
         lines.append(f"| {r['system']} | {r['length']} | {r['full']:.2f} | {r['incremental']:.2f} | "
-                     f"{r['full'] / r['incremental']:.1f}x | {r[f'beam {beam}']:.2f} | {growth('full')} | "
-                     f"{growth('incremental')} |")
+                     f"{r['full'] / r['incremental']:.1f}x | {r[f'beam {beam}']:.2f} | {growth(r, p, 'full')} | "
+                     f"{growth(r, p, 'incremental')} |")
         prev[r["system"]] = r
     return "\n".join(lines)
 

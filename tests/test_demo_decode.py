@@ -13,8 +13,17 @@ import edd_ext as E
 from edd_ext.demo import corpus as demo_corpus
 from edd_ext.demo.__main__ import main, parse_args
 from edd_ext.demo.corpus import BOS, EOS, PAD, UNK, DataError
-from edd_ext.demo.decode import (DirichletSystem, EnsembleSystem, LengthLimit, LogitSystem, System, batch_groups,
-                                 decode_set, score, search)
+from edd_ext.demo.decode import (
+    DirichletSystem,
+    EnsembleSystem,
+    LengthLimit,
+    LogitSystem,
+    System,
+    batch_groups,
+    decode_set,
+    score,
+    search,
+)
 from edd_ext.demo.model import ModelConfig, Seq2Seq
 from edd_ext.demo.train import batches
 

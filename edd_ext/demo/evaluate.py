@@ -67,4 +67,5 @@ def mean_auroc(result: Dict) -> Dict[str, float]:
 
 
 def sample_translations(corpus: Corpus, n: int = 3) -> List[Dict[str, str]]:
-    return [{"source": corpus.text(s), "reference": r} for s, r in zip(corpus.test_src[:n], corpus.reference_text()[:n])]
+    return [{"source": corpus.text(s), "reference": r}
+            for s, r in zip(corpus.test_src[:n], corpus.reference_text()[:n])]

@@ -88,7 +88,7 @@ class Seq2Seq(nn.Module):
         return logits, log_scale
 
     def start_decoding(self, memory: Tensor, src_pad: Tensor, max_len: int,
-                       incremental: bool = True) -> Union["IncrementalDecoder", "FullDecoder"]:
+                       incremental: bool = True) -> Union[IncrementalDecoder, FullDecoder]:
         """A decoder state for the sources encoded as ``memory [B, S, d]`` / ``src_pad [B, S]``, for at most
         ``max_len`` steps (BOS included). The model must be in eval mode (no dropout)."""
         if self.training:

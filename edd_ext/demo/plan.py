@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import edd_ext as E
+
 from .corpus import BOS, PAD
 from .model import ModelConfig, Seq2Seq
 from .train import Batch

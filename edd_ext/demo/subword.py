@@ -31,7 +31,7 @@ class Subwords:
         self.processor = _sentencepiece().SentencePieceProcessor(model_proto=model_proto)
 
     @classmethod
-    def train(cls, sentences: Sequence[str], vocab_size: int) -> "Subwords":
+    def train(cls, sentences: Sequence[str], vocab_size: int) -> Subwords:
         """A joint BPE model of at most ``vocab_size`` pieces (specials included) over ``sentences``; a small
         corpus may give fewer pieces."""
         if vocab_size <= len(SPECIALS):

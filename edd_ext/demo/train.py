@@ -57,7 +57,7 @@ class Batch:
     target: Tensor  # [B, T]  target + EOS
     mask: Tensor  # [B, T]  True at real target tokens
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in (self.src, self.prev, self.target, self.mask)))
 
 
