@@ -19,8 +19,8 @@ hypothesis by length-normalised log-probability. The sequence-level combinations
 ``expectation_of_products`` and ``nbest_aggregate``.
 
 Everything runs on the device of the models and the source tensor; the only host synchronisations are the
-"all hypotheses finished?" test of each step, the finiteness check of each chunk of measures and the
-hand-over of each batch's hypotheses.
+"all hypotheses finished?" test of each step and, once per batch, the selection of the real positions for
+scoring, the finiteness check of each chunk of measures and the hand-over of the hypotheses.
 """
 from __future__ import annotations
 
