@@ -4,8 +4,8 @@ decoding with per-layer key/value caches (``IncrementalDecoder``), greedy and be
 
 The models are the default demo's (V = 2000, d_model 128, one layer, feed-forward 512) with random weights
 (the cost does not depend on the weights); EOS is banned until the hypothesis length L so that every
-hypothesis has exactly L tokens. Reported: milliseconds per sentence (median over repeats of a batch of
-``--sentences`` sources, divided by the batch size) for one model and for the M-member ensemble, and the
+hypothesis has exactly L tokens. Reported: milliseconds per sentence (median over interleaved rounds of a
+batch of ``--sentences`` sources, divided by the batch size) for one model and for the M-member ensemble, and the
 growth from one length to the next (2.0 = linear in L, 4.0 = quadratic).
 
     python benchmarks/bench_decoding.py [--device cpu|cuda] [--lengths 16,32,64] [--write]
@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import functools
 import os
+import statistics
 import sys
 
 import torch
@@ -39,22 +40,31 @@ def models(members: int, max_len: int, device: torch.device):
 
 
 def run(args) -> list:
+    """Every (system, length, decoder) cell timed once per round, rounds interleaved so that a change of the
+    machine's load during the run touches every cell alike; the median over rounds per cell."""
     device = torch.device(args.device)
     lengths = [int(x) for x in args.lengths.split(",")]
     teachers = models(args.members, max(lengths), device)
     systems = [System("single model", teachers[:1]), EnsembleSystem(f"ensemble (M={args.members})", teachers)]
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, 2000, (args.sentences, args.source_len), generator=g).to(device)
+    variants = [("full", 1, False), ("incremental", 1, True), (f"beam {args.beam}", args.beam, True)]
+    cells = {}
+    for system in systems:
+        for length in lengths:
+            for name, beam, incremental in variants:
+                fn = functools.partial(search, system, src, length, beam=beam, min_len=length,
+                                       incremental=incremental)
+                assert int(fn().lengths.min()) == length  # also the warm-up
+                cells[system.name, length, name] = (fn, [])
+    for _ in range(args.repeats):
+        for fn, times in cells.values():
+            times.append(common.median_time(fn, device, repeats=1, warmup=0) / args.sentences)
     rows = []
     for system in systems:
         for length in lengths:
             row = {"system": system.name, "length": length}
-            for name, beam, incremental in [("full", 1, False), ("incremental", 1, True),
-                                            (f"beam {args.beam}", args.beam, True)]:
-                fn = functools.partial(search, system, src, length, beam=beam, min_len=length,
-                                       incremental=incremental)
-                assert int(fn().lengths.min()) == length
-                row[name] = common.median_time(fn, device, repeats=args.repeats, warmup=1) / args.sentences
+            row.update({name: statistics.median(cells[system.name, length, name][1]) for name, _, _ in variants})
             rows.append(row)
             print(row, flush=True)
     return rows
