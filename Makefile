@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu) \
            $(wildcard csrc/include/edd_ext/*.h csrc/include/edd_ext/cpu/*.h csrc/include/edd_ext/cuda/*.cuh)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check
 
 $(VENV)/.edd_ext-installed: $(SOURCES)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU (no internet needed): builds the extension against the Python and torch installed
+# there, runs the CUDA tests, compute-sanitizer, the demo on GPU vs CPU and the GPU benchmarks, and writes
+# gpu_check_output/gpu_check.md (or $$OUT/). Without a GPU it dry-runs what it can and says what it skipped.
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build edd_ext/_C*.so *.egg-info

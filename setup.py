@@ -122,7 +122,7 @@ setup(
     description="Fused ensemble-distribution-distillation losses and uncertainty measures for PyTorch",
     packages=find_packages(include=["edd_ext", "edd_ext.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.6", "numpy", "tqdm", "sacrebleu>=2"],
+    install_requires=["torch>=2.6", "numpy", "tqdm", "sacrebleu>=2", "safetensors"],
     extras_require={
         "test": ["pytest", "hypothesis", "scipy", "scikit-learn", "matplotlib", "expecttest", "sentencepiece==0.2.3"],
         "plot": ["matplotlib"],
@@ -131,6 +131,8 @@ setup(
         # fairseq-fixed itself must be built against the installed torch and without its torchaudio dependency:
         # `bash .ci/install_fairseq.sh PYTHON` does both (see python_examples/fairseq/README.md).
         "fairseq": ["hydra-core==1.3.2", "omegaconf==2.3.0", "bitarray", "regex", "sacrebleu>=2"],
+        # edd_ext.integrations.transformers: the version its tests run against (with torch 2.13)
+        "transformers": ["transformers==5.23.0", "accelerate>=1.16", "tokenizers>=0.23"],
     },
     entry_points={"console_scripts": ["edd-demo = edd_ext.demo.__main__:main"]},
     ext_modules=extensions(),

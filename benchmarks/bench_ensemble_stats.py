@@ -57,8 +57,8 @@ def main(argv=None):
     if args.write:
         command = " ".join([os.path.basename(__file__)] + (argv or sys.argv[1:]))
         common.write_results(rows, "python benchmarks/" + command,
-                             "ensemble_stats", os.path.join(common.HERE, "RESULTS.md"),
-                             os.path.join(common.HERE, "results.csv"))
+                             "ensemble_stats", os.path.join(common.RESULTS_DIR, "RESULTS.md"),
+                             os.path.join(common.RESULTS_DIR, "results.csv"))
     return rows
 
 

@@ -85,8 +85,8 @@ def main(argv=None):
     if args.write:
         args = argv if argv is not None else sys.argv[1:]
         cmd = "python benchmarks/" + " ".join([os.path.basename(__file__)] + args)
-        common.write_results(rows, cmd, "uncertainty", os.path.join(common.HERE, "RESULTS.md"),
-                             os.path.join(common.HERE, "results.csv"))
+        common.write_results(rows, cmd, "uncertainty", os.path.join(common.RESULTS_DIR, "RESULTS.md"),
+                             os.path.join(common.RESULTS_DIR, "results.csv"))
     return rows
 
 

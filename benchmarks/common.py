@@ -15,9 +15,13 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Benchmarks run from a checkout: the repository's package (with its built extension) comes first.
-if os.path.dirname(HERE) not in sys.path:
-    sys.path.insert(0, os.path.dirname(HERE))
+#: Where --write appends RESULTS.md and results.csv: this folder, or EDD_BENCH_RESULTS_DIR (make gpu-check).
+RESULTS_DIR = os.environ.get("EDD_BENCH_RESULTS_DIR", HERE)
+# Benchmarks run from a checkout: the repository's package (with its built extension) comes first, or the built
+# package in EDD_BENCH_PACKAGE_DIR (make gpu-check builds into a folder of its own).
+_PACKAGE_DIR = os.environ.get("EDD_BENCH_PACKAGE_DIR", os.path.dirname(HERE))
+if _PACKAGE_DIR not in sys.path:
+    sys.path.insert(0, _PACKAGE_DIR)
 
 
 def machine() -> str:

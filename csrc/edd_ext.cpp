@@ -47,6 +47,36 @@ TORCH_LIBRARY(edd_ext, m) {
   m.def(
       "ensemble_kl(Tensor student_logits, Tensor? teacher_logits, Tensor? mean_probs, Tensor? mask,"
       " int reduction, bool compute_grad, bool reuse_grad=False) -> (Tensor loss, Tensor grad)");
+  // The registered backward of the losses: grad [*, V] *= factor (0-dim, or [*] one per position) in place,
+  // leaving rows whose factor is exactly 1 and masked rows (mask [*] False) untouched (edd_ext/grad_scale.h).
+  m.def("scale_grad_(Tensor(a!) grad, Tensor factor, Tensor? mask) -> ()");
+
+  // ---- compact top-k teacher statistics (SPEC section 1.1) and the losses that read them ----
+  // teacher_logits [*, M, V] -> indices [*, k] int64 (the k classes of largest mean probability, by decreasing
+  // mean probability, ties: smaller class first), mean_probs [*, k], mean_log_probs [*, k], tail_mass [*] (the
+  // other classes' total mean probability), tail_mean_log_prob [*] (the mean of their mean log-probabilities;
+  // both 0 when k = V), measures [*, 5] (exact over all V); float32, or float64 for float64 input.
+  m.def(
+      "topk_ensemble_stats(Tensor teacher_logits, int k, float temperature, float smoothing)"
+      " -> (Tensor indices, Tensor mean_probs, Tensor mean_log_probs, Tensor tail_mass, Tensor tail_mean_log_prob,"
+      " Tensor measures)");
+  // The losses of section 2 against a sparse target: student_logits [*, V], indices [*, k] int64 (k distinct
+  // classes in [0, V) per unmasked position), the listed values [*, k] and the tail [*]; every class outside the
+  // list takes the tail's value (mean probability tail_mass / (V - k), mean log-probability tail_mean_log_prob).
+  // Outputs, reduction, gradient and mask as for the dense ops above.
+  m.def(
+      "topk_dirichlet_nll(Tensor student_logits, Tensor indices, Tensor mean_log_probs, Tensor tail_mean_log_prob,"
+      " Tensor? mask, float model_offset, int reduction, bool compute_grad, bool reuse_grad=False)"
+      " -> (Tensor loss, Tensor grad)");
+  // teacher_measure [*]: the ensemble's RMI (mkl) or EPKL (epkl).
+  m.def(
+      "topk_proxy_dirichlet_kl(Tensor student_logits, Tensor indices, Tensor mean_probs, Tensor tail_mass,"
+      " Tensor teacher_measure, Tensor? mask, str direction, str precision, float model_offset, float target_offset,"
+      " float eps, float? max_precision, bool reference_code_compat, int reduction, bool compute_grad,"
+      " bool reuse_grad=False) -> (Tensor loss, Tensor grad)");
+  m.def(
+      "topk_ensemble_kl(Tensor student_logits, Tensor indices, Tensor mean_probs, Tensor tail_mass, Tensor? mask,"
+      " int reduction, bool compute_grad, bool reuse_grad=False) -> (Tensor loss, Tensor grad)");
 
   // ---- student uncertainty (SPEC section 3) ----
   // student_logits [*, V] -> [*, 7] float64: total, data, mutual_information, epkl, rmi, precision,

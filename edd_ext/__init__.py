@@ -2,12 +2,13 @@
 
 See SPEC section 6 for the public API; ``edd_ext.reference`` holds the plain-PyTorch definitions.
 """
-from . import amalgamation, metrics, nn, plotting, uncertainty
+from . import amalgamation, cache, distributed, metrics, nn, plotting, uncertainty
 from ._ops import cuda_built, has_extension
 from ._version import __version__  # noqa: F401  (the version, single-sourced)
+from .logit_top_k import top_k_logit_targets
 from .losses import dirichlet_nll, ensemble_kl, logit_gaussian_nll, logit_laplace_nll, proxy_dirichlet_kl
 from .stats import ensemble_stats
-from .types import DirichletUncertainty, EnsembleStats, Uncertainty
+from .types import DirichletUncertainty, EnsembleStats, TopKEnsembleStats, TopKLogitTargets, Uncertainty
 
 __all__ = [
     "ensemble_stats",
@@ -21,7 +22,12 @@ __all__ = [
     "metrics",
     "plotting",
     "amalgamation",
+    "cache",
+    "distributed",
     "EnsembleStats",
+    "TopKEnsembleStats",
+    "TopKLogitTargets",
+    "top_k_logit_targets",
     "Uncertainty",
     "DirichletUncertainty",
     "has_extension",

@@ -18,27 +18,40 @@ from typing import Callable, Optional, Union
 
 from torch import Tensor
 
-from .types import EnsembleStats
+from .types import EnsembleStats, TopKEnsembleStats
 
-#: A teacher is either raw logits ``[*, M, V]`` or precomputed :class:`EnsembleStats`.
-Teacher = Union[Tensor, EnsembleStats]
+#: A teacher is raw logits ``[*, M, V]``, precomputed :class:`EnsembleStats` or :class:`TopKEnsembleStats`.
+Teacher = Union[Tensor, EnsembleStats, TopKEnsembleStats]
 
 _SHAPES = """
+    A :class:`~edd_ext.TopKEnsembleStats` teacher (``ensemble_stats(..., top_k=k)``, SPEC section 1.1) stands for
+    the dense target in which each of the V - k classes outside its ``indices`` has mean probability
+    ``tail_mass / (V - k)`` and mean log-probability ``tail_mean_log_prob`` (the mean of l- over those classes),
+    and the listed classes their own values; its measures are exact over all V. With k = V the loss equals the
+    dense one; with k < V it approximates it (the fused kernels read the sparse target directly).
+
     Shape:
-        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits or :class:`~edd_ext.EnsembleStats` (uses {uses});
-        mask: ``[*]`` bool (True = a real position). Output: ``[*]`` for ``reduction="none"``, else a scalar.
+        student_logits: ``[*, V]``; teacher: ``[*, M, V]`` logits, :class:`~edd_ext.EnsembleStats` (uses {uses}) or
+        :class:`~edd_ext.TopKEnsembleStats` (uses {topk_uses}); mask: ``[*]`` bool (True = a real position).
+        Output: ``[*]`` for ``reduction="none"``, else a scalar.
 """
 
 _LOGIT_SHAPES = """
+    ``teacher_logits`` may also be the compact :class:`~edd_ext.TopKLogitTargets` of ``edd_ext.top_k_logit_targets``:
+    the k most probable classes' member targets exactly, each member's tail summarised by its mean and the pooled
+    variance — an approximation, computed in plain PyTorch (``edd_ext.logit_top_k``); equal to the dense loss with
+    k = V.
+
     Shape:
         loc, log_scale: ``[*, V]`` (same dtype); teacher_logits: ``[*, M, V]``; mask: ``[*]`` bool.
         Output: ``[*]`` for ``reduction="none"``, else a scalar.
 """
 
 _TEACHER_NORM = """
-    Targets x^(m): ``teacher_norm="log_softmax"`` (default) log_softmax(u^(m) / T); ``"center"`` u/T minus each
-    member's mean logit; ``"none"`` u/T. s_k = exp(rho_k) + ``min_scale`` (rho = ``log_scale``). A teacher logit
-    of -inf gives a target of -inf and a loss of +inf (the mathematics is infinite there).
+    Targets x^(m): ``teacher_norm="log_softmax"`` (default) log_softmax(u^(m) / T); ``"center"`` u/T minus the mean
+    of the member's logits other than -inf; ``"none"`` u/T. s_k = exp(rho_k) + ``min_scale`` (rho = ``log_scale``).
+    A teacher logit of -inf gives a target of -inf and a loss of +inf (the mathematics is infinite there), never
+    NaN; the Gaussian's gradients for that class are +inf (loc) and -inf (log_scale).
 """
 
 
@@ -63,6 +76,10 @@ def dirichlet_nll(
     Only l- is needed from the teacher. alpha_0 and the per-position sums are float64, so the loss stays finite
     for z up to 80 at any V. With M = 1 or identical members the loss is unbounded below in the precision
     direction (the model's nature).
+
+    A teacher logit of -inf is a probability of 0: where a member gives class k probability 0 (and no smoothing
+    was applied to the statistics), l-_k = -inf and the likelihood is 0; the loss is then +inf, with a gradient of
+    +inf for that class, never NaN. A student logit of -inf (alpha_k = c) stays finite.
     """
 
 
@@ -95,7 +112,9 @@ def proxy_dirichlet_kl(
 
     with KL[Dir(a) || Dir(b)] = lnGamma(a_0) - sum lnGamma(a_k) - lnGamma(b_0) + sum lnGamma(b_k)
     + sum_k (a_k - b_k)(psi(a_k) - psi(a_0)). The loss is >= 0 and exactly 0 when alpha = beta. The target is a
-    constant: no gradient reaches the teacher.
+    constant: no gradient reaches the teacher. A teacher logit of -inf is a probability of exactly 0 (0 ln 0 = 0):
+    the target stays finite and equal to its limit (where only some members give a class probability 0, RMI and
+    EPKL are +inf and beta^_0 = 0).
 
     ``reference_code_compat=True`` (reverse only) reproduces the objective of the authors' released code,
     L = -sum_k pi^_k (psi(alpha_k) - psi(alpha_0)) - H[Dir(alpha)] / beta_0 with
@@ -156,9 +175,11 @@ def ensemble_kl(
 
 
 logit_laplace_nll.__signature__ = inspect.signature(logit_gaussian_nll)  # the same keywords and defaults
-dirichlet_nll.__doc__ += _SHAPES.format(uses="``mean_log_probs``")
-proxy_dirichlet_kl.__doc__ += _SHAPES.format(uses="``mean_probs`` and ``rmi`` or ``epkl``")
-ensemble_kl.__doc__ += _SHAPES.format(uses="``mean_probs``")
+dirichlet_nll.__doc__ += _SHAPES.format(uses="``mean_log_probs``",
+                                        topk_uses="``mean_log_probs`` and ``tail_mean_log_prob``")
+proxy_dirichlet_kl.__doc__ += _SHAPES.format(uses="``mean_probs`` and ``rmi`` or ``epkl``",
+                                             topk_uses="``mean_probs``, ``tail_mass`` and ``rmi`` or ``epkl``")
+ensemble_kl.__doc__ += _SHAPES.format(uses="``mean_probs``", topk_uses="``mean_probs`` and ``tail_mass``")
 logit_gaussian_nll.__doc__ = logit_gaussian_nll.__doc__.replace("\n\n", "\n" + _TEACHER_NORM + "\n", 1) + _LOGIT_SHAPES
 logit_laplace_nll.__doc__ = logit_laplace_nll.__doc__.replace("\n\n", "\n" + _TEACHER_NORM + "\n", 1) + _LOGIT_SHAPES
 

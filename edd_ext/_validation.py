@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .types import EnsembleStats
+from .types import EnsembleStats, TopKEnsembleStats, TopKLogitTargets
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("none", "sum", "mean")
@@ -19,6 +19,7 @@ DIRECTIONS = ("reverse", "forward")
 PRECISIONS = ("mkl", "epkl")
 TEACHER_NORMS = ("log_softmax", "center", "none")
 FAMILIES = ("gaussian", "laplace")
+INDEX_DTYPES = (torch.int64, torch.int32)
 
 # --------------------------------------------------------------------------------------------------
 # Numbers and choices
@@ -162,11 +163,61 @@ def check_stats(name: str, stats: EnsembleStats) -> None:
             )
 
 
+def check_top_k(top_k: object, num_classes: int) -> None:
+    """``top_k`` of ``ensemble_stats``: an int k with 1 <= k <= V."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= num_classes:
+        raise ValueError(f"top_k: expected an int in [1, V] = [1, {num_classes}], got {top_k!r}")
+
+
+def check_topk_stats(name: str, stats: TopKEnsembleStats) -> None:
+    """The fields of a :class:`TopKEnsembleStats`: ``[*, k]`` indices and values, ``[*]`` tail and measures,
+    ``num_classes`` V >= 2 with k <= V. (That the indices are k distinct classes in [0, V) is checked by the
+    kernels, which read them anyway: checking here would synchronise with the device.)"""
+    for field in TopKEnsembleStats._fields[:-2]:
+        value = getattr(stats, field)
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name}.{field}: expected a Tensor, got {type(value).__name__}")
+    num_classes = stats.num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"{name}.num_classes: expected an int V >= 2, got {num_classes!r}")
+    indices = stats.indices
+    if indices.dtype not in INDEX_DTYPES:
+        raise ValueError(f"{name}.indices: expected dtype torch.int64 or torch.int32, got {indices.dtype} "
+                         f"(shape {tuple(indices.shape)})")
+    if indices.dim() < 1 or not 1 <= indices.shape[-1] <= num_classes:
+        raise ValueError(f"{name}.indices: expected [*, k] with 1 <= k <= num_classes = {num_classes}, got shape "
+                         f"{tuple(indices.shape)}")
+    shape = indices.shape
+    for field in ("mean_probs", "mean_log_probs"):
+        check_float_tensor(f"{name}.{field}", getattr(stats, field), min_dim=1)
+        if getattr(stats, field).shape != shape:
+            raise ValueError(f"{name}.{field}: expected the shape of {name}.indices {tuple(shape)}, got "
+                             f"{tuple(getattr(stats, field).shape)}")
+    for field in ("tail_mass", "tail_mean_log_prob", "total", "data", "mutual_information", "epkl", "rmi"):
+        value = getattr(stats, field)
+        check_float_tensor(f"{name}.{field}", value, min_dim=0)
+        if value.shape != shape[:-1]:
+            raise ValueError(
+                f"{name}.{field}: expected shape {tuple(shape[:-1])} (the positions of {name}.indices "
+                f"{tuple(shape)}), got {tuple(value.shape)}"
+            )
+
+
 def check_teacher(student_name: str, student: Tensor, teacher: object, mask: Optional[Tensor]) -> torch.dtype:
-    """Structural checks of ``student [*, V]``, ``teacher`` (``[*, M, V]`` logits or an
-    :class:`EnsembleStats`) and ``mask``; returns the teacher's dtype."""
+    """Structural checks of ``student [*, V]``, ``teacher`` (``[*, M, V]`` logits, an :class:`EnsembleStats`
+    or a :class:`TopKEnsembleStats`) and ``mask``; returns the teacher's dtype."""
     check_student_logits(student_name, student)
-    if isinstance(teacher, EnsembleStats):
+    if isinstance(teacher, TopKEnsembleStats):
+        check_topk_stats("teacher", teacher)
+        if teacher.indices.shape[:-1] != student.shape[:-1] or teacher.num_classes != student.shape[-1]:
+            raise ValueError(
+                f"teacher: expected TopKEnsembleStats of positions {tuple(student.shape[:-1])} and num_classes "
+                f"{student.shape[-1]} (those of {student_name} {tuple(student.shape)}), got indices of shape "
+                f"{tuple(teacher.indices.shape)} and num_classes {teacher.num_classes}"
+            )
+        teacher_tensors = {f"teacher.{f}": getattr(teacher, f) for f in TopKEnsembleStats._fields[:-2]}
+        teacher_dtype = teacher.mean_probs.dtype
+    elif isinstance(teacher, EnsembleStats):
         check_stats("teacher", teacher)
         if teacher.mean_probs.shape != student.shape:
             raise ValueError(
@@ -187,7 +238,7 @@ def check_teacher(student_name: str, student: Tensor, teacher: object, mask: Opt
         teacher_dtype = teacher.dtype
     else:
         raise ValueError(
-            f"teacher: expected a Tensor [*, M, V] of teacher logits or an EnsembleStats, "
+            f"teacher: expected a Tensor [*, M, V] of teacher logits, an EnsembleStats or a TopKEnsembleStats, "
             f"got {type(teacher).__name__}"
         )
     check_same_device(**{student_name: student}, **teacher_tensors)
@@ -211,12 +262,44 @@ def check_loc_scale(loc: Tensor, log_scale: Tensor) -> None:
     check_same_device(loc=loc, log_scale=log_scale)
 
 
+def check_top_k_logit_targets(loc: Tensor, targets: TopKLogitTargets, teacher_norm: str, temperature: float) -> None:
+    """A :class:`TopKLogitTargets` teacher of ``loc [*, V]``: its fields' shapes, and the normalisation the loss
+    asks for must be the one its targets were computed with."""
+    for field in TopKLogitTargets._fields[:4]:
+        value = getattr(targets, field)
+        if not isinstance(value, Tensor):
+            raise ValueError(f"teacher_logits.{field}: expected a Tensor, got {type(value).__name__}")
+    lead, k = tuple(loc.shape[:-1]), targets.indices.shape[-1]
+    if targets.indices.dtype not in INDEX_DTYPES or tuple(targets.indices.shape[:-1]) != lead or \
+            targets.num_classes != loc.shape[-1] or not 1 <= k <= loc.shape[-1]:
+        raise ValueError(f"teacher_logits.indices: expected int64 or int32 [*, k] with positions {lead} and "
+                         f"num_classes {loc.shape[-1]} (those of loc {tuple(loc.shape)}), got "
+                         f"{targets.indices.dtype} of shape {tuple(targets.indices.shape)} and num_classes "
+                         f"{targets.num_classes}")
+    members = targets.targets.shape[-2] if targets.targets.dim() >= 2 else 0
+    for field, shape in (("targets", lead + (members, k)), ("tail_mean", lead + (members,)), ("tail_variance", lead)):
+        value = getattr(targets, field)
+        check_float_tensor(f"teacher_logits.{field}", value, min_dim=0)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"teacher_logits.{field}: expected shape {shape}, got {tuple(value.shape)}")
+    if (teacher_norm, float(temperature)) != (targets.teacher_norm, float(targets.temperature)):
+        raise ValueError(f"teacher_norm, temperature: the top-k targets were computed with teacher_norm="
+                         f"{targets.teacher_norm!r}, temperature={targets.temperature!r}; got {teacher_norm!r}, "
+                         f"{temperature!r}")
+
+
 def check_logit_teacher(loc: Tensor, teacher_logits: object, mask: Optional[Tensor]) -> None:
-    """The member logits ``[*, M, V]`` a logit-space loss needs, matching ``loc [*, V]``, and ``mask``."""
-    if isinstance(teacher_logits, EnsembleStats):
+    """The member logits ``[*, M, V]`` a logit-space loss needs, matching ``loc [*, V]``, and ``mask`` (top-k
+    targets: :func:`check_top_k_logit_targets`)."""
+    if isinstance(teacher_logits, TopKLogitTargets):
+        check_same_device(loc=loc, **{f"teacher_logits.{f}": getattr(teacher_logits, f)
+                                      for f in TopKLogitTargets._fields[:4]})
+        check_mask(mask, loc.shape[:-1], loc.device)
+        return
+    if isinstance(teacher_logits, (EnsembleStats, TopKEnsembleStats)):
         raise ValueError(
             "teacher_logits: the logit-space losses need every member's logits [*, M, V]; "
-            "an EnsembleStats does not carry them"
+            f"teacher statistics ({type(teacher_logits).__name__}) do not carry them"
         )
     check_teacher_logits("teacher_logits", teacher_logits)
     if teacher_logits.shape[:-2] != loc.shape[:-1] or teacher_logits.shape[-1] != loc.shape[-1]:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import _signatures as S
+from . import logit_top_k
 from ._validation import (
     FAMILIES,
     check_choice,
@@ -46,12 +47,16 @@ from ._validation import (
     check_student_logits,
     check_teacher,
     check_teacher_logits,
+    check_top_k,
+    check_top_k_logit_targets,
 )
-from .types import DirichletUncertainty, EnsembleStats, Uncertainty
+from .types import DirichletUncertainty, EnsembleStats, TopKEnsembleStats, TopKLogitTargets, Uncertainty
 
 __all__ = [
     "ensemble_stats",
     "ensemble_uncertainty",
+    "top_k_stats",
+    "top_k_dense_stats",
     "dirichlet_nll",
     "proxy_dirichlet_kl",
     "logit_gaussian_nll",
@@ -174,6 +179,11 @@ def _resolve_teacher(
     teacher_dtype = check_teacher(student_name, student, teacher, mask)
     dtype = _compute_dtype(student.dtype, teacher_dtype)
     student = _fill_masked(student.to(dtype), mask, 0.0)
+    if isinstance(teacher, TopKEnsembleStats):
+        if mask is not None:  # any k distinct classes, so that a masked position's indices scatter
+            listed = torch.arange(teacher.top_k, device=student.device).expand_as(teacher.indices)
+            teacher = teacher._replace(indices=torch.where(mask.unsqueeze(-1), teacher.indices.long(), listed))
+        teacher = top_k_dense_stats(teacher)
     if isinstance(teacher, Tensor):
         logits = _fill_masked(teacher.detach().to(dtype), mask, 0.0)
         return student, _ensemble_stats(logits, temperature=1.0, smoothing=0.0)
@@ -229,7 +239,8 @@ def _ensemble_stats(teacher_logits: Tensor, *, temperature: float, smoothing: fl
     )
 
 
-def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothing: float = 0.0) -> EnsembleStats:
+def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothing: float = 0.0,
+                   top_k: Optional[int] = None):
     """Statistics of an ensemble of M categoricals (SPEC section 1).
 
     With pi^(m) = softmax(u^(m) / T) (optionally smoothed, pi~ = (1 - eps) pi + eps / V, in log space):
@@ -251,11 +262,77 @@ def ensemble_stats(teacher_logits: Tensor, *, temperature: float = 1.0, smoothin
     Args:
         temperature: T > 0, divides the logits.
         smoothing: eps in [0, 1), central smoothing of every member's probabilities.
+        top_k: k in [1, V]: return the compact :class:`TopKEnsembleStats` of :func:`top_k_stats` instead.
     """
     check_teacher_logits("teacher_logits", teacher_logits)
     check_stats_options(temperature, smoothing)
+    if top_k is not None:
+        check_top_k(top_k, teacher_logits.shape[-1])
     logits = teacher_logits.to(_compute_dtype(teacher_logits.dtype))
-    return _ensemble_stats(logits, temperature=temperature, smoothing=smoothing)
+    stats = _ensemble_stats(logits, temperature=temperature, smoothing=smoothing)
+    return stats if top_k is None else top_k_stats(stats, top_k)
+
+
+def top_k_stats(stats: EnsembleStats, top_k: int) -> TopKEnsembleStats:
+    """The top-k form of dense statistics (SPEC section 1.1).
+
+    * ``indices``: the k classes of largest pi^, by decreasing pi^ (a stable sort: ties keep the smaller class
+      first); ``mean_probs`` and ``mean_log_probs`` their pi^ and l-;
+    * ``tail_mass``: tau = sum of pi^ over the other V - k classes (= 1 - sum of the listed pi^, summed over the
+      tail itself so that it keeps its digits when the listed classes hold nearly all the mass);
+    * ``tail_mean_log_prob``: lambda = (1 / (V - k)) sum of l- over the tail (0 when k = V);
+    * the five measures as they are (exact over all V classes).
+
+    Shape: ``[*, V]`` rows -> ``[*, k]`` listed values and ``[*]`` tail and measures.
+    """
+    num_classes = stats.mean_probs.shape[-1]
+    check_top_k(top_k, num_classes)
+    order = torch.sort(stats.mean_probs, dim=-1, descending=True, stable=True).indices
+    indices = order[..., :top_k]
+    in_tail = torch.ones_like(stats.mean_probs, dtype=torch.bool).scatter(-1, indices, False)
+    zero = torch.zeros((), dtype=stats.mean_probs.dtype, device=stats.mean_probs.device)
+    tail_log_sum = torch.where(in_tail, stats.mean_log_probs, zero).sum(-1)
+    return TopKEnsembleStats(
+        indices=indices,
+        mean_probs=stats.mean_probs.gather(-1, indices),
+        mean_log_probs=stats.mean_log_probs.gather(-1, indices),
+        tail_mass=torch.where(in_tail, stats.mean_probs, zero).sum(-1),
+        tail_mean_log_prob=tail_log_sum / max(num_classes - top_k, 1),
+        total=stats.total,
+        data=stats.data,
+        mutual_information=stats.mutual_information,
+        epkl=stats.epkl,
+        rmi=stats.rmi,
+        num_classes=num_classes,
+        num_members=stats.num_members,
+    )
+
+
+def top_k_dense_stats(stats: TopKEnsembleStats) -> EnsembleStats:
+    """The dense statistics a :class:`TopKEnsembleStats` stands for (SPEC section 1.1): every class outside
+    ``indices`` gets pi^_j = tau / (V - k) and l-_j = lambda, the listed classes their own values; the measures
+    are kept. With k = V these are the dense statistics exactly.
+
+    Shape: ``[*, k]`` listed values and ``[*]`` tail -> ``[*, V]`` rows; computed in the values' dtype promoted
+    with the tail's, at least float32.
+    """
+    num_classes, top_k = stats.num_classes, stats.top_k
+    dtype = _compute_dtype(stats.mean_probs.dtype, stats.tail_mass.dtype)
+    indices = stats.indices.long()
+    shape = indices.shape[:-1] + (num_classes,)
+    tail_prob = stats.tail_mass.to(dtype) / (num_classes - top_k) if num_classes > top_k else \
+        torch.zeros(indices.shape[:-1], dtype=dtype, device=indices.device)
+    tail_log_prob = stats.tail_mean_log_prob.to(dtype)
+    return EnsembleStats(
+        mean_probs=tail_prob.unsqueeze(-1).expand(shape).scatter(-1, indices, stats.mean_probs.to(dtype)),
+        mean_log_probs=tail_log_prob.unsqueeze(-1).expand(shape).scatter(-1, indices, stats.mean_log_probs.to(dtype)),
+        total=stats.total,
+        data=stats.data,
+        mutual_information=stats.mutual_information,
+        epkl=stats.epkl,
+        rmi=stats.rmi,
+        num_members=stats.num_members,
+    )
 
 
 def ensemble_uncertainty(teacher_logits: Tensor, *, temperature: float = 1.0, smoothing: float = 0.0) -> Uncertainty:
@@ -279,7 +356,12 @@ def dirichlet_nll(student_logits, teacher, *, model_offset, mask, reduction):
 
     alpha, _ = _concentrations(z, model_offset)
     alpha0 = alpha.sum(-1)
-    loss = _log_beta(alpha, alpha0) - ((alpha - 1.0) * stats.mean_log_probs).sum(-1)
+    # l-_k = -inf (a member gives class k probability 0): the term is -inf whatever alpha_k, so that the loss is
+    # +inf (never NaN from 0 * -inf); autograd sees a finite stand-in there
+    zero_prob = stats.mean_log_probs == -math.inf
+    weighted = (alpha - 1.0) * stats.mean_log_probs.masked_fill(zero_prob, 0.0)
+    weighted = weighted.masked_fill(zero_prob, -math.inf)
+    loss = _log_beta(alpha, alpha0) - weighted.sum(-1)
     return reduce_loss(loss, mask, reduction)
 
 
@@ -318,21 +400,31 @@ def proxy_dirichlet_kl(student_logits, teacher, *, direction, precision, model_o
 
 def _logit_targets(teacher_logits: Tensor, teacher_norm: str, temperature: float) -> Tensor:
     """Normalised teacher logits x^(m) ``[*, M, V]``: the logits divided by T, then
-    ``log_softmax`` (default), centred (each member's mean logit subtracted) or left as they are."""
+    ``log_softmax`` (default), centred (each member's mean logit other than -inf subtracted) or left as they are."""
     scaled = teacher_logits / temperature
     if teacher_norm == "log_softmax":
         return torch.log_softmax(scaled, dim=-1)
     if teacher_norm == "center":
-        return scaled - scaled.mean(-1, keepdim=True)
+        # the mean of the logits other than -inf, so that a -inf logit stays a target of -inf
+        kept = scaled != -math.inf
+        total = torch.where(kept, scaled, torch.zeros((), dtype=scaled.dtype, device=scaled.device)).sum(-1, True)
+        return scaled - total / kept.sum(-1, keepdim=True).clamp_min(1)
     return scaled
 
 
 def _resolve_logit_inputs(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
-    """Checks shared by the logit-space losses; returns (mu, rho, x) upcast, masked positions made finite."""
+    """Checks shared by the logit-space losses; returns (mu, rho, x) upcast, masked positions made finite (x: the
+    targets [*, M, V], or the TopKLogitTargets as given)."""
     check_logit_nll_options(teacher_norm=teacher_norm, temperature=temperature, min_scale=min_scale,
                             reduction=reduction)
     check_loc_scale(loc, log_scale)
     check_logit_teacher(loc, teacher_logits, mask)
+    if isinstance(teacher_logits, TopKLogitTargets):
+        check_top_k_logit_targets(loc, teacher_logits, teacher_norm, temperature)
+        dtype = _compute_dtype(loc.dtype, teacher_logits.targets.dtype)
+        mu = _fill_masked(loc.to(dtype), mask, 0.0)
+        rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
+        return mu, rho, logit_top_k.fill_masked(teacher_logits, mask)
     dtype = _compute_dtype(loc.dtype, teacher_logits.dtype)
     mu = _fill_masked(loc.to(dtype), mask, 0.0)
     rho = _fill_masked(log_scale.to(dtype), mask, 0.0)
@@ -344,19 +436,26 @@ def _resolve_logit_inputs(loc, log_scale, teacher_logits, *, teacher_norm, tempe
 def logit_gaussian_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
     mu, rho, x = _resolve_logit_inputs(loc, log_scale, teacher_logits, teacher_norm=teacher_norm,
                                        temperature=temperature, min_scale=min_scale, mask=mask, reduction=reduction)
+    if isinstance(x, TopKLogitTargets):
+        return reduce_loss(logit_top_k.logit_nll("gaussian", mu, rho, x, min_scale), mask, reduction)
     scale, log_s = _scale(rho, min_scale)
 
+    # a target of -inf (a teacher logit of -inf) makes the class's term +inf; autograd sees a finite stand-in
+    infinite = (x == -math.inf).any(-2)  # [*, V]
+    x = x.masked_fill(x == -math.inf, 0.0)
     mean_x = x.mean(-2)  # x-      [*, V]
     spread = (x - mean_x.unsqueeze(-2)).square().mean(-2)  # (1/M) sum_m (x - x-)^2
     sq_dev = spread + (mean_x - mu).square()  # v = (1/M) sum_m (x - mu)^2
-    loss = (log_s + _HALF_LOG_2PI + sq_dev / (2.0 * scale.square())).sum(-1)
-    return reduce_loss(loss, mask, reduction)
+    terms = (log_s + _HALF_LOG_2PI + sq_dev / (2.0 * scale.square())).masked_fill(infinite, math.inf)
+    return reduce_loss(terms.sum(-1), mask, reduction)
 
 
 @S.implements(S.logit_laplace_nll, note=_REFERENCE)
 def logit_laplace_nll(loc, log_scale, teacher_logits, *, teacher_norm, temperature, min_scale, mask, reduction):
     mu, rho, x = _resolve_logit_inputs(loc, log_scale, teacher_logits, teacher_norm=teacher_norm,
                                        temperature=temperature, min_scale=min_scale, mask=mask, reduction=reduction)
+    if isinstance(x, TopKLogitTargets):
+        return reduce_loss(logit_top_k.logit_nll("laplace", mu, rho, x, min_scale), mask, reduction)
     scale, log_s = _scale(rho, min_scale)
 
     abs_dev = (x - mu.unsqueeze(-2)).abs().mean(-2)  # a = (1/M) sum_m |x - mu|   [*, V]

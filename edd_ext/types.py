@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["Uncertainty", "DirichletUncertainty", "EnsembleStats", "MEASURE_NAMES"]
+__all__ = ["Uncertainty", "DirichletUncertainty", "EnsembleStats", "TopKEnsembleStats", "TopKLogitTargets",
+           "MEASURE_NAMES"]
 
 #: Field order of the five measures every uncertainty set carries (and of the ``[*, 5]`` kernel output).
 MEASURE_NAMES = ("total", "data", "mutual_information", "epkl", "rmi")
@@ -66,3 +67,71 @@ class EnsembleStats(NamedTuple):
     @property
     def uncertainty(self) -> Uncertainty:
         return Uncertainty(self.total, self.data, self.mutual_information, self.epkl, self.rmi)
+
+
+class TopKEnsembleStats(NamedTuple):
+    """The compact teacher statistics of SPEC section 1.1 (``ensemble_stats(..., top_k=k)``), for caches.
+
+    Per position, the k classes of largest ensemble mean probability and a two-number summary of the other
+    V - k (the tail); the five measures are computed exactly over all V classes.
+
+    indices: ``[*, k]`` int64 (int32 accepted): the k classes, by decreasing mean probability (ties: smaller
+        class first).
+    mean_probs: ``[*, k]`` their ensemble mean probability pi^ (float32, float64 for float64 teachers; a cache
+        may hold float16 or bfloat16).
+    mean_log_probs: ``[*, k]`` their mean log-probability l- = (1/M) sum_m ln pi^(m).
+    tail_mass: ``[*]`` tau = the tail classes' total mean probability (= 1 - sum of ``mean_probs``; 0 when k = V).
+    tail_mean_log_prob: ``[*]`` lambda = the mean of l- over the V - k tail classes (0 when k = V).
+    total, data, mutual_information, epkl, rmi: ``[*]`` the ensemble measures, exact over all V classes.
+    num_classes: V.
+    num_members: M.
+
+    A loss reading it stands for the dense target in which every tail class j has pi^_j = tau / (V - k) and
+    l-_j = lambda; with k = V that is the dense statistics exactly.
+    """
+
+    indices: Tensor
+    mean_probs: Tensor
+    mean_log_probs: Tensor
+    tail_mass: Tensor
+    tail_mean_log_prob: Tensor
+    total: Tensor
+    data: Tensor
+    mutual_information: Tensor
+    epkl: Tensor
+    rmi: Tensor
+    num_classes: int
+    num_members: int = 0
+
+    @property
+    def top_k(self) -> int:
+        """k, the number of listed classes per position."""
+        return self.indices.shape[-1]
+
+    @property
+    def uncertainty(self) -> Uncertainty:
+        return Uncertainty(self.total, self.data, self.mutual_information, self.epkl, self.rmi)
+
+
+class TopKLogitTargets(NamedTuple):
+    """The top-k form of the logit-space losses' targets (``edd_ext.top_k_logit_targets``; an approximation, see
+    ``edd_ext.logit_top_k``).
+
+    indices: ``[*, k]`` the k classes of largest ensemble mean probability.
+    targets: ``[*, M, k]`` every member's normalised logit x^(m) of those classes.
+    tail_mean: ``[*, M]`` each member's mean target over the V - k other classes.
+    tail_variance: ``[*]`` the members' pooled variance of their targets over those classes.
+    num_classes: V. teacher_norm, temperature: how the targets were normalised (the losses check them).
+    """
+
+    indices: Tensor
+    targets: Tensor
+    tail_mean: Tensor
+    tail_variance: Tensor
+    num_classes: int
+    teacher_norm: str = "log_softmax"
+    temperature: float = 1.0
+
+    @property
+    def top_k(self) -> int:
+        return self.indices.shape[-1]

@@ -20,7 +20,8 @@ def test_extension_is_loaded():
 
 # torch.ops.edd_ext is the public API and nothing else; the ops that only tests use live in edd_ext_testing.
 PUBLIC_OPS = {"ensemble_stats", "ensemble_uncertainty", "dirichlet_nll", "proxy_dirichlet_kl", "logit_nll",
-              "ensemble_kl", "dirichlet_uncertainty", "logit_distribution_uncertainty"}
+              "ensemble_kl", "scale_grad_", "dirichlet_uncertainty", "logit_distribution_uncertainty",
+              "topk_ensemble_stats", "topk_dirichlet_nll", "topk_proxy_dirichlet_kl", "topk_ensemble_kl"}
 TESTING_OPS = {"special_function", "philox4x32", "philox_noise"}
 
 
@@ -65,6 +66,9 @@ def _meta_calls():
     yield "proxy_dirichlet_kl", lambda: edd_ext.proxy_dirichlet_kl(z, u, reduction="none"), (2, 3)
     yield "ensemble_kl", lambda: edd_ext.ensemble_kl(z, u, reduction="none"), (2, 3)
     yield "logit_gaussian_nll", lambda: edd_ext.logit_gaussian_nll(z, z, u, reduction="none"), (2, 3)
+    yield "ensemble_stats top_k", lambda: edd_ext.ensemble_stats(u, top_k=3).mean_probs, (2, 3, 3)
+    yield "proxy_dirichlet_kl top_k", lambda: edd_ext.proxy_dirichlet_kl(
+        z, reference.ensemble_stats(u, top_k=3), reduction="none"), (2, 3)
     yield "uncertainty.dirichlet", lambda: edd_ext.uncertainty.dirichlet(z).epkl, (2, 3)
 
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from edd_ext import reference
+import edd_ext as E
 
 fairseq = pytest.importorskip(
     "fairseq", reason="fairseq is not installed (optional extra; install with: bash .ci/install_fairseq.sh PYTHON)"
@@ -193,30 +193,57 @@ def test_logit_criterion_needs_log_scale_head(data):
         crit(model, sample)
 
 
-@pytest.mark.parametrize("criterion,arch,mode", [
-    (["edd_proxy_dirichlet_kl"], "edd_transformer_tiny", "stats"),
-    (["edd_logit_laplace"], "edd_transformer_logit_tiny", "logits"),
+@pytest.mark.parametrize("criterion,arch,kind,extra", [
+    (["edd_proxy_dirichlet_kl"], "edd_transformer_tiny", "top_k-k16", ["--teacher-cache-topk", "16"]),
+    (["edd_dirichlet_nll"], "edd_transformer_tiny", "dense", ["--teacher-cache-topk", "0"]),
+    (["edd_logit_laplace"], "edd_transformer_logit_tiny", "logits", []),
 ])
-def test_teacher_cache_matches_live_teachers(data, tmp_path, criterion, arch, mode):
-    cfg, task, model, crit = _setup(data, criterion, arch, ["--teacher-cache-dir", str(tmp_path)])
+def test_teacher_cache_matches_live_teachers(data, tmp_path, criterion, arch, kind, extra):
+    cfg, task, model, crit = _setup(data, criterion, arch, ["--teacher-cache-dir", str(tmp_path), *extra])
     cached = _first_batch(task)  # the first pass runs here and writes the cache
-    assert os.path.exists(tmp_path / f"train.{mode}.npy")
-    assert "teacher" in cached and ("stats" in cached["teacher"]) == (mode == "stats")
+    assert os.path.exists(tmp_path / f"train.{kind}" / "manifest.json")
+    teacher = cached["teacher"]
     live = task.teacher_logits(cached)
     mask = cached["target"].ne(task.target_dictionary.pad())
-    if mode == "stats":
-        expected = reference.ensemble_stats(live)
-        for field in ("mean_probs", "mean_log_probs", "total", "mutual_information", "rmi"):
-            torch.testing.assert_close(cached["teacher"]["stats"][field][mask], getattr(expected, field)[mask],
-                                       atol=2e-4, rtol=1e-4, msg=field)
+    tol = dict(atol=2e-3, rtol=2e-3)  # float16 storage
+    if kind == "logits":
+        torch.testing.assert_close(teacher["logits"][mask].float(), live[mask], **tol)
     else:
-        torch.testing.assert_close(cached["teacher"]["logits"][mask], live[mask], atol=2e-4, rtol=1e-4)
+        stats = teacher["stats"]
+        expected = E.ensemble_stats(live, top_k=16 if kind.startswith("top_k") else None)
+        assert isinstance(stats, type(expected))
+        for field in ("total", "mutual_information", "rmi", "epkl"):
+            torch.testing.assert_close(getattr(stats, field)[mask], getattr(expected, field)[mask], atol=2e-4,
+                                       rtol=1e-4, msg=field)
+        z = torch.randn(*mask.shape, len(task.target_dictionary), dtype=torch.float64)
+        for loss in (E.proxy_dirichlet_kl, E.ensemble_kl, E.dirichlet_nll):
+            torch.testing.assert_close(loss(z, stats, mask=mask), loss(z, expected, mask=mask), **tol)
     # Later runs read the cache without loading the teachers, also when they are not given at all.
-    for extra in ([], ["--teacher-paths", ""]):
-        cfg2, task2, _, _ = _setup(data, criterion, arch, ["--teacher-cache-dir", str(tmp_path), *extra])
+    for again_extra in ([], ["--teacher-paths", ""]):
+        cfg2, task2, _, _ = _setup(data, criterion, arch, ["--teacher-cache-dir", str(tmp_path), *extra,
+                                                           *again_extra])
         again = _first_batch(task2)
         assert task2._teachers is None
         assert torch.equal(again["target"], cached["target"])
+
+
+def test_a_cache_with_other_options_is_rebuilt_or_refused(data, tmp_path):
+    extra = ["--teacher-cache-dir", str(tmp_path), "--teacher-cache-topk", "8"]
+    _, task, _, _ = _setup(data, ["edd_ensemble_kl"], extra=extra)
+    _first_batch(task)
+    manifest = tmp_path / "train.top_k-k8" / "manifest.json"
+    built = manifest.stat().st_mtime_ns
+    # other teacher options: the same directory is rebuilt
+    _, task, _, _ = _setup(data, ["edd_ensemble_kl"], extra=extra + ["--teacher-temperature", "2.0"])
+    sample = _first_batch(task)
+    assert manifest.stat().st_mtime_ns != built and task._teachers is not None
+    assert torch.isfinite(sample["teacher"]["stats"].rmi).all()
+    # no teachers and a cache of other options: a clear error
+    with pytest.raises(ValueError, match="no teachers given and the teacher cache .* temperature: cache has 2.0, "
+                                         "expected 3.0"):
+        _, task, _, _ = _setup(data, ["edd_ensemble_kl"], extra=extra + ["--teacher-temperature", "3.0",
+                                                                         "--teacher-paths", ""])
+        _first_batch(task)
 
 
 def test_teachers_in_bfloat16(data):

@@ -1,5 +1,7 @@
 """The shared host/device special functions (csrc/include/edd_ext/special_functions.h) against mpmath
 (50-digit) and scipy.special, through the CPU op and, with a GPU, the CUDA op."""
+import math
+
 import mpmath
 import numpy as np
 import pytest
@@ -96,3 +98,40 @@ def test_bad_name_and_dtype_raise_value_error():
         torch.ops.edd_ext_testing.special_function(torch.ones(3), "gamma")
     with pytest.raises(ValueError, match="x: expected float32 or float64"):
         torch.ops.edd_ext_testing.special_function(torch.ones(3, dtype=torch.float16), "lgamma")
+
+
+# Outside the domain x >= 0 every function is NaN. Before this was defined, trigamma never returned for
+# x = -inf or x < -2^24 (float), where x + 1 == x: the call runs in a child process so that such a
+# regression fails here instead of hanging the suite.
+OUTSIDE_DOMAIN = "[-float('inf'), -1e300, -2.0**60, -2.0**25, -1e7, -3.5, -1.0, -0.5, -1e-30, float('nan')]"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_outside_domain_is_nan_and_returns(dtype, device, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, edd_ext\n"
+        f"x = torch.tensor({OUTSIDE_DOMAIN}, dtype=torch.{dtype}, device='{device}')\n"
+        "for name in ('lgamma', 'digamma', 'trigamma'):\n"
+        "    y = torch.ops.edd_ext_testing.special_function(x, name).cpu()\n"
+        "    assert y.isnan().all(), (name, y)\n"
+        "print('ok')\n"
+    )
+    # the child imports the edd_ext this process imported (its folder first on the path, the cwd an empty one)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(edd_ext.__file__)), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ends_of_the_domain(dtype, device):
+    x = torch.tensor([0.0, float("inf")], dtype=dtype, device=device)
+    want = {"lgamma": [math.inf, math.inf], "digamma": [-math.inf, math.inf], "trigamma": [math.inf, 0.0]}
+    for name, values in want.items():
+        got = torch.ops.edd_ext_testing.special_function(x, name).cpu()
+        assert got.tolist() == values, (name, got)

@@ -305,8 +305,8 @@ void proxy_kl_rows_simd(const LossProblem& p, const ProxyOptions& o) {
         const cpu::TeacherBlock b = cpu::teacher_block_weighted(row, weights.data(), inv_sum.data(), k, members, vocab,
                                                                 shift.data(), log_sum.data(), to);
         b.mean_prob.store(scratch.data() + k);
-        measure_sum.push(o.mkl ? cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob))
-                               : cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
+        measure_sum.push(o.mkl ? cpu::clamp_rounding(cpu::xmul(b.mean_prob, b.log_mean_prob - b.mean_log_prob))
+                               : cpu::clamp_rounding(b.mean_p_log_p - cpu::xmul(b.mean_prob, b.mean_log_prob)));
         mass_sum.push(b.mean_prob);
       }
       measure = measure_sum.result();

@@ -84,15 +84,8 @@ void ensemble_kl_rows(const LossProblem& p) {
 using cpu::kLanes;
 using cpu::VecF;
 
-// ensemble_kl_class for kLanes classes. The SIMD kernel forms the members' probabilities from the
-// exp(u - max) its normaliser pass keeps ([M, V] scratch): p_mk = w_mk / sum_k w_mk.
-EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
-                              const VecF& log_mean_prob, VecF& loss, VecF& grad) {
-  const VecF zero(0.f);
-  const VecF log_q = (z - z_max) - z_log_sum;
-  loss = VecF::blendv(mean_prob * (log_mean_prob - log_q), zero, mean_prob == zero);
-  grad = cpu::exp_fast(log_q) - mean_prob;
-}
+// The SIMD kernel forms the members' probabilities from the exp(u - max) its normaliser pass keeps ([M, V]
+// scratch): p_mk = w_mk / sum_k w_mk; the per-class terms are cpu::ensemble_kl_block.
 
 template <typename student_t, typename teacher_t>
 void ensemble_kl_rows_simd(const LossProblem& p) {
@@ -144,7 +137,7 @@ void ensemble_kl_rows_simd(const LossProblem& p) {
         mean_prob = cpu::load_float(row + k);
         log_mean_prob = cpu::log_fast(mean_prob);
       }
-      ensemble_kl_block(cpu::load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
+      cpu::ensemble_kl_block(cpu::load_float(z + k), vz_max, vz_log_sum, mean_prob, log_mean_prob, l, dz);
       sum.push(l);
       if (g != nullptr) cpu::store_float(dz * vgrad_scale, g + k);
     }

@@ -1,7 +1,7 @@
 // CPU kernels for the teacher-ensemble statistics (SPEC section 1): one task per position, two streaming
-// passes over its [M, V] logits — per-member log-softmax normalisers, then the per-class moments — with
-// SIMD float32 math for half/bfloat16/float32 inputs (edd_ext/cpu/teacher_rows.h) and scalar float64 math
-// for float64; row sums (exponential sums and measures) in float64.
+// passes over its [M, V] logits — per-member log-softmax normalisers, then the per-class moments
+// (cpu::teacher_class_pass) — with SIMD float32 math for half/bfloat16/float32 inputs (edd_ext/cpu/teacher_rows.h)
+// and scalar float64 math for float64; row sums (exponential sums and measures) in float64.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -11,14 +11,12 @@
 #include <tuple>
 #include <vector>
 
+#include "edd_ext/cpu/loss_rows.h"
 #include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/ensemble_stats_host.h"
 
 namespace edd_ext {
 namespace {
-
-using cpu::VecF;
-using cpu::kLanes;
 
 int64_t grain_for(const EnsembleStatsProblem& p) { return std::max<int64_t>(1, 32768 / (p.members * p.vocab)); }
 
@@ -26,46 +24,29 @@ int64_t grain_for(const EnsembleStatsProblem& p) { return std::max<int64_t>(1, 3
 template <typename scalar_t>
 void ensemble_rows_simd(const EnsembleStatsProblem& p, const scalar_t* logits, float* mean_probs,
                         float* mean_log_probs, float* measures) {
-  const int64_t members = p.members, vocab = p.vocab, body = vocab - vocab % kLanes;
-  cpu::TeacherOptions o;
-  o.inv_temperature = float(p.inv_temperature);
-  o.inv_members = float(p.inv_members);
-  o.log_members = float(p.log_members);
-  o.smooth = p.smooth;
-  o.log1m_eps = float(p.log1m_eps);
-  o.log_eps_over_v = float(p.log_eps_over_v);
+  const int64_t members = p.members, vocab = p.vocab;
+  const cpu::TeacherOptions o = cpu::teacher_options(p);
 
   at::parallel_for(0, p.positions, grain_for(p), [&](int64_t begin, int64_t end) {
     std::vector<float> shift(members), log_sum(members);
+    double totals[math::kNumMeasures];
     for (int64_t n = begin; n < end; ++n) {
       const scalar_t* row = logits + n * members * vocab;
       cpu::member_normalizers(row, members, vocab, o.inv_temperature, shift.data(), log_sum.data());
-      cpu::ChunkedSum sums[math::kNumMeasures];
-      for (int64_t k = 0; k < body; k += kLanes) {
-        const cpu::TeacherBlock b = cpu::teacher_block(row, k, members, vocab, shift.data(), log_sum.data(), o);
-        const VecF p_log_p = b.mean_prob * b.log_mean_prob;
-        sums[0].push(VecF(0.f) - p_log_p);
-        sums[1].push(VecF(0.f) - b.mean_p_log_p);
-        sums[2].push(cpu::clamp_rounding(b.mean_p_log_p - p_log_p));
-        sums[3].push(cpu::clamp_rounding(b.mean_p_log_p - b.mean_prob * b.mean_log_prob));
-        sums[4].push(cpu::clamp_rounding(b.mean_prob * (b.log_mean_prob - b.mean_log_prob)));
-        if (mean_probs != nullptr) {
-          b.mean_prob.store(mean_probs + n * vocab + k);
-          b.mean_log_prob.store(mean_log_probs + n * vocab + k);
-        }
-      }
-      double totals[math::kNumMeasures];
-      for (int i = 0; i < math::kNumMeasures; ++i) totals[i] = sums[i].result();
-      for (int64_t k = body; k < vocab; ++k) {
-        const auto t = cpu::teacher_class<scalar_t, float>(row, k, members, vocab, shift.data(), log_sum.data(),
-                                                           o.inv_temperature, o.smooth, o.log1m_eps,
-                                                           o.log_eps_over_v, o.inv_members, o.log_members);
-        for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += double(t.measure[i]);
-        if (mean_probs != nullptr) {
-          mean_probs[n * vocab + k] = t.mean_prob;
-          mean_log_probs[n * vocab + k] = t.mean_log_prob;
-        }
-      }
+      float* probs_row = mean_probs != nullptr ? mean_probs + n * vocab : nullptr;
+      float* log_probs_row = mean_log_probs != nullptr ? mean_log_probs + n * vocab : nullptr;
+      cpu::teacher_class_pass(
+          row, members, vocab, shift.data(), log_sum.data(), o, totals,
+          [&](int64_t k, const cpu::TeacherBlock& b) {
+            if (probs_row == nullptr) return;
+            b.mean_prob.store(probs_row + k);
+            b.mean_log_prob.store(log_probs_row + k);
+          },
+          [&](int64_t k, const math::ClassTerms<float>& t) {
+            if (probs_row == nullptr) return;
+            probs_row[k] = t.mean_prob;
+            log_probs_row[k] = t.mean_log_prob;
+          });
       for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = float(totals[i]);
     }
   });
@@ -79,24 +60,16 @@ void ensemble_rows_double(const EnsembleStatsProblem& p, const double* logits, d
     std::vector<double> shift(members), log_sum(members);
     for (int64_t n = begin; n < end; ++n) {
       const double* row = logits + n * members * vocab;
-      for (int64_t m = 0; m < members; ++m) {
-        math::OnlineLogSumExp<double> acc;
-        for (int64_t k = 0; k < vocab; ++k) acc.push(row[m * vocab + k] * p.inv_temperature);
-        shift[m] = acc.max;
-        log_sum[m] = std::log(acc.sum);
-      }
-      double totals[math::kNumMeasures] = {0, 0, 0, 0, 0};
-      for (int64_t k = 0; k < vocab; ++k) {
-        const auto t = cpu::teacher_class<double, double>(row, k, members, vocab, shift.data(), log_sum.data(),
-                                                          p.inv_temperature, p.smooth, p.log1m_eps,
-                                                          p.log_eps_over_v, p.inv_members, p.log_members);
-        for (int i = 0; i < math::kNumMeasures; ++i) totals[i] += t.measure[i];
-        if (mean_probs != nullptr) {
-          mean_probs[n * vocab + k] = t.mean_prob;
-          mean_log_probs[n * vocab + k] = t.mean_log_prob;
-        }
-      }
-      for (int i = 0; i < math::kNumMeasures; ++i) measures[n * math::kNumMeasures + i] = totals[i];
+      cpu::scalar_target_normalizers(row, members, vocab, p.inv_temperature, math::TeacherNorm::kLogSoftmax,
+                                     shift.data(), log_sum.data());
+      cpu::teacher_class_pass_scalar(row, members, vocab, shift.data(), log_sum.data(), p.inv_temperature, p.smooth,
+                                     p.log1m_eps, p.log_eps_over_v, p.inv_members, p.log_members,
+                                     measures + n * math::kNumMeasures,
+                                     [&](int64_t k, const math::ClassTerms<double>& t) {
+                                       if (mean_probs == nullptr) return;
+                                       mean_probs[n * vocab + k] = t.mean_prob;
+                                       mean_log_probs[n * vocab + k] = t.mean_log_prob;
+                                     });
     }
   });
 }

@@ -44,7 +44,7 @@ math::LocScaleLossGrad<acc_t> logit_class(bool laplace, const Target& target, in
   for (int64_t m = 1; m < members; ++m) c.add(target(m, k));
   c.finish_mean(inv_m);
   for (int64_t m = 0; m < members; ++m) c.add_spread(target(m, k));
-  return math::gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_m);
+  return math::gaussian_of(c, rho, log_min_scale, mu, inv_m);
 }
 
 // Gaussian, per class (logit_math.h, gaussian_class):

@@ -60,10 +60,10 @@ EDD_CPU_INLINE void draw_group(const philox::Stream& stream, uint32_t group, con
                                acc_t* __restrict y2, acc_t* __restrict y3, int64_t vocab) {
   for (int64_t k = 0; k < vocab; ++k) {
     const math::Noise4 e = math::noise4<kFamily>(stream.bits(uint32_t(k), group));
-    y0[k] = a[k] + b[k] * acc_t(e.e0);
-    y1[k] = a[k] + b[k] * acc_t(e.e1);
-    y2[k] = a[k] + b[k] * acc_t(e.e2);
-    y3[k] = a[k] + b[k] * acc_t(e.e3);
+    y0[k] = math::sample_rn(a[k], b[k], e.e0);
+    y1[k] = math::sample_rn(a[k], b[k], e.e1);
+    y2[k] = math::sample_rn(a[k], b[k], e.e2);
+    y3[k] = math::sample_rn(a[k], b[k], e.e3);
   }
 }
 
@@ -94,9 +94,6 @@ void draw(const philox::Stream& stream, uint32_t group, const double* a, const d
   draw_group<kFamily, double>(stream, group, a, b, y[0], y[1], y[2], y[3], vocab);
 }
 
-EDD_CPU_INLINE float exp_shifted(float x) { return math::exp_flush(x); }
-EDD_CPU_INLINE double exp_shifted(double x) { return math::exp_(x); }
-
 // The largest element of a row. Floats through integer keys that order like them (the sign-magnitude bit
 // pattern folded into two's complement), because an integer max reduction vectorises and a float one, with
 // its NaN rules, does not. A positive NaN is the largest key (and makes the row NaN); a negative one is
@@ -123,7 +120,7 @@ template <typename acc_t>
 EDD_CPU_INLINE void softmax_row_impl(const acc_t* __restrict y, acc_t* __restrict e, int64_t vocab, acc_t& lse,
                                      acc_t& inv_sum) {
   const acc_t mx = row_max(y, vocab);
-  for (int64_t k = 0; k < vocab; ++k) e[k] = exp_shifted(y[k] - mx);
+  for (int64_t k = 0; k < vocab; ++k) e[k] = math::exp_sample(y[k] - mx);
   constexpr int kLanes = 8;
   acc_t s[kLanes] = {};
   int64_t k = 0;
@@ -200,13 +197,16 @@ void accumulate(int rows, double* const (&y)[4], double* const (&e)[4], const do
 }
 
 // In place: rho -> s / T = (exp(rho) + min_scale) / T.
-EDD_CPU_CLONES void scales(float* b, int64_t vocab, float min_scale, float inv_t) {
-  for (int64_t k = 0; k < vocab; ++k) b[k] = (math::exp_flush(b[k]) + min_scale) * inv_t;
+template <typename acc_t>
+EDD_CPU_INLINE void scales_impl(acc_t* __restrict b, int64_t vocab, acc_t min_scale, acc_t inv_t) {
+  for (int64_t k = 0; k < vocab; ++k) b[k] = math::sample_scale(b[k], min_scale, inv_t);
 }
 
-void scales(double* b, int64_t vocab, double min_scale, double inv_t) {
-  for (int64_t k = 0; k < vocab; ++k) b[k] = (math::exp_(b[k]) + min_scale) * inv_t;
+EDD_CPU_CLONES void scales(float* b, int64_t vocab, float min_scale, float inv_t) {
+  scales_impl<float>(b, vocab, min_scale, inv_t);
 }
+
+void scales(double* b, int64_t vocab, double min_scale, double inv_t) { scales_impl<double>(b, vocab, min_scale, inv_t); }
 
 template <typename acc_t>
 struct LogitWorkspace {
@@ -235,7 +235,7 @@ void logit_position(const LogitProblem& p, int64_t n, const scalar_t* loc, const
   const scalar_t* mu = loc + n * vocab;
   const scalar_t* rho = log_scale + n * vocab;
   for (int64_t k = 0; k < vocab; ++k) {
-    w.a[k] = acc_t(mu[k]) * inv_t;
+    w.a[k] = math::sample_location(acc_t(mu[k]), inv_t);
     w.b[k] = acc_t(rho[k]);
     w.sum_p[k] = w.sum_l[k] = w.sum_pl[k] = acc_t(0);
   }

@@ -1,8 +1,9 @@
 // CUDA kernels of the Dirichlet distillation losses (SPEC sections 2.1 and 2.2): EnD^2 and the
 // proxy-Dirichlet KL, forward and closed-form gradient in one launch. One block per position (blocks loop over
-// positions): block reductions give alpha_0 (float64) and the members' log-sum-exps, then one streaming pass
-// over the teacher per class. The per-class math is edd_ext/dirichlet_math.h, shared with the CPU kernels.
-// No host sync; the kernels run on the current stream.
+// positions, as many blocks as are resident at once): block reductions give alpha_0 (float64) and the members'
+// log-sum-exps, then one streaming pass over the teacher per class. The per-class math is
+// edd_ext/dirichlet_math.h, shared with the CPU kernels. Gradients are written already multiplied by the
+// reduction's factor (one rounding, as on the CPU). No host sync; the kernels run on the current stream.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -28,16 +29,19 @@ namespace {
 //   dL/dz_k = exp(z_k) (psi(alpha_k) - psi(alpha_0) - l_k).
 // Block reductions: alpha_0 (float64), the M log-sum-exps (teacher logits only), the loss (float64).
 template <typename student_t, typename teacher_t, typename acc_t>
-__global__ void dirichlet_nll_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
-                                     const teacher_t* __restrict__ rows, const bool* __restrict__ mask,
-                                     int64_t positions, int64_t members, int64_t vocab, double model_offset,
-                                     acc_t log_c, acc_t* __restrict__ loss, student_t* __restrict__ grad) {
+EDD_EXT_BLOCK_KERNEL(acc_t)
+    dirichlet_nll_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
+                         const teacher_t* __restrict__ rows, const bool* __restrict__ mask, int64_t positions,
+                         int64_t members, int64_t vocab, double model_offset, acc_t log_c,
+                         cuda::GradScale grad_scale, acc_t* __restrict__ member_workspace,
+                         int64_t member_row, acc_t* __restrict__ loss, student_t* __restrict__ grad) {
   extern __shared__ unsigned char shared_raw[];
-  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);
+  acc_t* shift = cuda::block_scratch(member_workspace, member_row, shared_raw);
   acc_t* offset = shift + members;
   __shared__ cuda::LossScratch<acc_t> scratch;
   const acc_t c = acc_t(model_offset), c_minus_one = acc_t(model_offset - 1);
   const acc_t inv_m = acc_t(1.0 / double(members > 0 ? members : 1));
+  const acc_t scale = acc_t(grad_scale.get());
 
   for (int64_t n = blockIdx.x; n < positions; n += gridDim.x) {
     student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
@@ -66,12 +70,27 @@ __global__ void dirichlet_nll_kernel(const student_t* __restrict__ student, cons
       }
       const math::ClassLossGrad<acc_t> t = math::dirichlet_nll_class(acc_t(z[k]), c, log_c, c_minus_one, l, digamma_alpha0);
       sum[0] += double(t.loss);
-      if (g != nullptr) g[k] = student_t(t.grad);
+      if (g != nullptr) g[k] = student_t(t.grad * scale);
     }
     cuda::block_sum(sum, scratch.sums);
     if (threadIdx.x == 0) loss[n] = acc_t(sum[0] - math::lgamma(alpha0));
     __syncthreads();  // shift[] / offset[] are rewritten by the next position
   }
+}
+
+// pi^_k and its share of the precision's measure (RMI for mkl, EPKL for epkl) from the members'
+// log-probabilities l_mk = (u_mk - shift_m) - offset_m (ensemble_math.h, MemberMoments). Both passes of
+// proxy_kl_kernel call it, so that the class pass recomputes exactly the pi^_k that the measure pass summed.
+template <typename teacher_t, typename acc_t>
+__device__ __forceinline__ void proxy_mean_prob_and_measure(const teacher_t* __restrict__ row, int64_t k,
+                                                            int64_t members, int64_t vocab, const acc_t* shift,
+                                                            const acc_t* offset, acc_t inv_m, acc_t log_m, bool mkl,
+                                                            acc_t& mean_prob, acc_t& measure) {
+  math::MemberMoments<acc_t> moments;
+  for (int64_t m = 0; m < members; ++m) moments.push((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
+  const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
+  mean_prob = terms.mean_prob;
+  measure = mkl ? terms.measure[4] : terms.measure[3];  // rmi, epkl (constant indices: no local memory)
 }
 
 // Proxy-Dirichlet KL per position (formulas and gradient derivations: dirichlet_math.h, proxy_kl_class):
@@ -81,23 +100,24 @@ __global__ void dirichlet_nll_kernel(const student_t* __restrict__ student, cons
 //   forward: L = KL[Dir(beta) || Dir(alpha)] / beta_0,
 //            dL/dz_k = e_k [psi(alpha_k) - psi(alpha_0) - psi(beta_k) + psi(beta_0)] / beta_0;
 //   compat:  the released code's objective (see proxy_kl_class).
-// From logits, pass 1 writes pi^ into this block's scratch row and block-reduces RMI / EPKL and sum pi^; each
-// thread later reads back only the classes it wrote, so no barrier is needed between the passes.
+// From logits, pass 1 block-reduces RMI / EPKL and sum pi^ over the classes; the class pass forms pi^_k again
+// from the members (M more reads of the teacher row, often from L2) instead of keeping a [V] row per block:
+// the kernel needs no workspace of the size of the vocabulary.
 template <typename student_t, typename teacher_t, typename acc_t>
-__global__ void proxy_kl_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
-                                const teacher_t* __restrict__ rows, const double* __restrict__ measures,
-                                const bool* __restrict__ mask, int64_t positions, int64_t members, int64_t vocab,
-                                ProxyOptions o, acc_t* __restrict__ mean_prob_scratch, acc_t* __restrict__ loss,
-                                student_t* __restrict__ grad) {
+EDD_EXT_BLOCK_KERNEL(acc_t)
+    proxy_kl_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
+                    const teacher_t* __restrict__ rows, const double* __restrict__ measures,
+                    const bool* __restrict__ mask, int64_t positions, int64_t members, int64_t vocab, ProxyOptions o,
+                    cuda::GradScale grad_scale, acc_t* __restrict__ member_workspace, int64_t member_row,
+                    acc_t* __restrict__ loss, student_t* __restrict__ grad) {
   extern __shared__ unsigned char shared_raw[];
-  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);
+  acc_t* shift = cuda::block_scratch(member_workspace, member_row, shared_raw);
   acc_t* offset = shift + members;
   __shared__ cuda::LossScratch<acc_t> scratch;
   const acc_t c = acc_t(o.model_offset), log_c = acc_t(o.log_model_offset), t_off = acc_t(o.target_offset);
   const acc_t inv_m = acc_t(1.0 / double(members > 0 ? members : 1));
   const acc_t log_m = acc_t(log(double(members > 0 ? members : 1)));
-  const int measure_index = o.mkl ? 4 : 3;  // rmi, epkl in the ensemble measure order
-  acc_t* pi_row = logits != nullptr ? mean_prob_scratch + int64_t(blockIdx.x) * vocab : nullptr;
+  const acc_t scale = acc_t(grad_scale.get());
 
   for (int64_t n = blockIdx.x; n < positions; n += gridDim.x) {
     student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
@@ -107,22 +127,20 @@ __global__ void proxy_kl_kernel(const student_t* __restrict__ student, const tea
       continue;
     }
     const student_t* z = student + n * vocab;
+    const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
     // sums: [0] the measure (from logits), [1] sum_k pi^_k
     double sums[2] = {0, 0};
     if (logits != nullptr) {
-      const teacher_t* row = logits + n * members * vocab;
       cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
                                      scratch);
       for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
-        math::MemberMoments<acc_t> moments;
-        for (int64_t m = 0; m < members; ++m) moments.push((acc_t(row[m * vocab + k]) - shift[m]) - offset[m]);
-        const math::ClassTerms<acc_t> terms = moments.finish(inv_m, log_m);
-        pi_row[k] = terms.mean_prob;
-        sums[0] += double(terms.measure[measure_index]);
-        sums[1] += double(terms.mean_prob);
+        acc_t mean_prob, measure;
+        proxy_mean_prob_and_measure(row, k, members, vocab, shift, offset, inv_m, log_m, o.mkl, mean_prob, measure);
+        sums[0] += double(measure);
+        sums[1] += double(mean_prob);
       }
     } else {
-      for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) sums[1] += double(acc_t(rows[n * vocab + k]));
+      for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) sums[1] += double(acc_t(row[k]));
     }
     cuda::block_sum(sums, scratch.sums);
     const double measure = logits != nullptr ? sums[0] : measures[n];
@@ -134,27 +152,21 @@ __global__ void proxy_kl_kernel(const student_t* __restrict__ student, const tea
     const acc_t grad_shift = acc_t(s.grad_shift), inv_beta0 = acc_t(s.inv_beta0);
     double sum[1] = {0};
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
-      const acc_t pi = logits != nullptr ? pi_row[k] : acc_t(rows[n * vocab + k]);
+      acc_t pi, unused;
+      if (logits != nullptr) {
+        proxy_mean_prob_and_measure(row, k, members, vocab, shift, offset, inv_m, log_m, o.mkl, pi, unused);
+      } else {
+        pi = acc_t(row[k]);
+      }
       const math::ClassLossGrad<acc_t> t = math::proxy_kl_class(o.mode, acc_t(z[k]), c, log_c, pi, class_precision,
                                                                 t_off, dig_a0, dig_b0, grad_shift, inv_beta0);
       sum[0] += double(t.loss);
-      if (g != nullptr) g[k] = student_t(t.grad);
+      if (g != nullptr) g[k] = student_t(t.grad * scale);
     }
     cuda::block_sum(sum, scratch.sums);
     if (threadIdx.x == 0) loss[n] = acc_t((sum[0] + s.loss_shift) * s.inv_beta0);
     __syncthreads();
   }
-}
-
-struct Launch {
-  int64_t blocks;
-  int threads;
-  cudaStream_t stream;
-};
-
-Launch launch_for(const LossProblem& p) {
-  return {cuda::loss_blocks(p.positions, p.student.get_device()), cuda::threads_for(p.vocab),
-          c10::cuda::getCurrentCUDAStream()};
 }
 
 std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cuda(const at::Tensor& student_logits,
@@ -168,21 +180,24 @@ std::tuple<at::Tensor, at::Tensor> dirichlet_nll_cuda(const at::Tensor& student_
                                        c10::nullopt, nullptr, mask, reduction, compute_grad);
   if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
-  const Launch l = launch_for(p);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor scale_holder;
+  const cuda::GradScale grad_scale = cuda::grad_scale_for(p, scale_holder);
   dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
     using student_t = typename decltype(s)::type;
     using teacher_t = typename decltype(t)::type;
     using acc_t = loss_acc_t<student_t, teacher_t>;
     const bool from_logits = p.teacher_logits.defined();
-    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
-    dirichlet_nll_kernel<student_t, teacher_t, acc_t><<<l.blocks, l.threads, shared, l.stream>>>(
+    const auto kernel = dirichlet_nll_kernel<student_t, teacher_t, acc_t>;
+    const cuda::LossLaunch<acc_t> l = cuda::loss_launch<acc_t>(kernel, p, from_logits ? p.members : 0);
+    kernel<<<l.blocks, l.threads, l.members.shared_bytes, stream>>>(
         p.student.const_data_ptr<student_t>(), from_logits ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr,
         from_logits ? nullptr : p.teacher_rows.const_data_ptr<teacher_t>(), p.mask_data(), p.positions, p.members,
-        p.vocab, model_offset, acc_t(log_or_neg_inf(model_offset)), p.loss.mutable_data_ptr<acc_t>(),
+        p.vocab, model_offset, acc_t(log_or_neg_inf(model_offset)), grad_scale, l.member_workspace(),
+        l.members.global_row, p.loss.mutable_data_ptr<acc_t>(),
         p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  scale_grad_on_device(p);
   return {reduced_loss(p), p.grad};
 }
 
@@ -199,25 +214,24 @@ std::tuple<at::Tensor, at::Tensor> proxy_dirichlet_kl_cuda(
                                        "teacher_measure", mask, reduction, compute_grad);
   if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
-  const Launch l = launch_for(p);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor scale_holder;
+  const cuda::GradScale grad_scale = cuda::grad_scale_for(p, scale_holder);
   dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
     using student_t = typename decltype(s)::type;
     using teacher_t = typename decltype(t)::type;
     using acc_t = loss_acc_t<student_t, teacher_t>;
     const bool from_logits = p.teacher_logits.defined();
-    // one O(V) row of mean probabilities per block (from logits only)
-    at::Tensor scratch = at::empty({from_logits ? l.blocks * p.vocab : 0},
-                                   p.student.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
-    proxy_kl_kernel<student_t, teacher_t, acc_t><<<l.blocks, l.threads, shared, l.stream>>>(
+    const auto kernel = proxy_kl_kernel<student_t, teacher_t, acc_t>;
+    const cuda::LossLaunch<acc_t> l = cuda::loss_launch<acc_t>(kernel, p, from_logits ? p.members : 0);
+    kernel<<<l.blocks, l.threads, l.members.shared_bytes, stream>>>(
         p.student.const_data_ptr<student_t>(), from_logits ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr,
         from_logits ? nullptr : p.teacher_rows.const_data_ptr<teacher_t>(),
         from_logits ? nullptr : p.teacher_measure.const_data_ptr<double>(), p.mask_data(), p.positions, p.members,
-        p.vocab, o, from_logits ? scratch.mutable_data_ptr<acc_t>() : nullptr, p.loss.mutable_data_ptr<acc_t>(),
+        p.vocab, o, grad_scale, l.member_workspace(), l.members.global_row, p.loss.mutable_data_ptr<acc_t>(),
         p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  scale_grad_on_device(p);
   return {reduced_loss(p), p.grad};
 }
 

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "edd_ext/cuda/block_reduce.cuh"
+#include "edd_ext/cuda/launch.cuh"
 #include "edd_ext/student_uncertainty_host.h"
 
 namespace edd_ext {
@@ -42,7 +43,7 @@ __device__ __forceinline__ T block_max(T v, T* scratch) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void dirichlet_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t vocab, acc_t c,
+EDD_EXT_BLOCK_KERNEL(acc_t) dirichlet_kernel(const scalar_t* __restrict__ logits, int64_t positions, int64_t vocab, acc_t c,
                                  acc_t log_c, double* __restrict__ out) {
   __shared__ acc_t max_scratch[cuda::kMaxWarps];
   __shared__ double sum_scratch[math::kNumDirichletSums * cuda::kMaxWarps];
@@ -79,11 +80,12 @@ at::Tensor dirichlet_uncertainty_cuda(const at::Tensor& student_logits, double m
   const c10::cuda::CUDAGuard guard(p.logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int threads = cuda::threads_for(p.vocab);
-  const int64_t blocks = cuda::grid_for(p.positions, p.logits.get_device(), 16);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.logits.scalar_type(), "edd_ext::dirichlet_uncertainty_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        dirichlet_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
+        const auto kernel = dirichlet_kernel<scalar_t, acc_t>;
+        const int64_t blocks = cuda::resident_grid(kernel, threads, 0, p.positions);
+        kernel<<<blocks, threads, 0, stream>>>(
             p.logits.const_data_ptr<scalar_t>(), p.positions, p.vocab, acc_t(p.offset), acc_t(p.log_offset),
             p.out.mutable_data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,7 +1,8 @@
 // CUDA kernel of the EnD baseline, KL from the ensemble mean to the student's categorical (SPEC section 2.4),
 // forward and closed-form gradient in one launch. One block per position (blocks loop over positions): block
-// log-sum-exps of the student and of each member, then one streaming pass over the teacher per class
-// (edd_ext/logit_math.h, ensemble_kl_class). No host sync; the kernel runs on the current stream.
+// log-sum-exps of the student and of each member (float64 running sums), then one streaming pass over the
+// teacher per class (edd_ext/logit_math.h, ensemble_kl_class); gradients are written already multiplied by the
+// reduction's factor. No host sync; the kernel runs on the current stream.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
@@ -24,16 +25,19 @@ namespace {
 // dL/dz_j = -pi^_j + (sum_k pi^_k) q_j = q_j - pi^_j. pi^_k = (1/M) sum_m exp(l_mk) from the members'
 // log-probabilities l_mk, with 0 ln 0 = 0 where they underflow; from statistics pi^_k = mean_probs_k.
 template <typename student_t, typename teacher_t, typename acc_t>
-__global__ void ensemble_kl_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
-                                   const teacher_t* __restrict__ rows, const bool* __restrict__ mask,
-                                   int64_t positions, int64_t members, int64_t vocab, acc_t* __restrict__ loss,
-                                   student_t* __restrict__ grad) {
+EDD_EXT_BLOCK_KERNEL(acc_t)
+    ensemble_kl_kernel(const student_t* __restrict__ student, const teacher_t* __restrict__ logits,
+                       const teacher_t* __restrict__ rows, const bool* __restrict__ mask, int64_t positions,
+                       int64_t members, int64_t vocab, cuda::GradScale grad_scale,
+                       acc_t* __restrict__ member_workspace, int64_t member_row, acc_t* __restrict__ loss,
+                       student_t* __restrict__ grad) {
   extern __shared__ unsigned char shared_raw[];
-  acc_t* shift = reinterpret_cast<acc_t*>(shared_raw);
+  acc_t* shift = cuda::block_scratch(member_workspace, member_row, shared_raw);
   acc_t* offset = shift + members;
   __shared__ cuda::LossScratch<acc_t> scratch;
   const acc_t inv_m = acc_t(1.0 / double(members > 0 ? members : 1));
   const acc_t log_m = acc_t(log(double(members > 0 ? members : 1)));
+  const acc_t scale = acc_t(grad_scale.get());
 
   for (int64_t n = blockIdx.x; n < positions; n += gridDim.x) {
     student_t* g = grad != nullptr ? grad + n * vocab : nullptr;
@@ -43,10 +47,10 @@ __global__ void ensemble_kl_kernel(const student_t* __restrict__ student, const 
       continue;
     }
     const student_t* z = student + n * vocab;
-    math::OnlineLogSumExp<acc_t> acc;
+    cuda::RowLogSumExp<acc_t> acc;
     for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) acc.push(acc_t(z[k]));
-    const math::OnlineLogSumExp<acc_t> total = cuda::block_logsumexp(acc, scratch.lse);
-    const acc_t z_max = total.max, z_log_sum = math::log_(total.sum);
+    const cuda::RowLogSumExp<acc_t> total = cuda::block_logsumexp(acc, scratch.lse);
+    const acc_t z_max = total.max, z_log_sum = acc_t(::log(total.sum));
     const teacher_t* row = logits != nullptr ? logits + n * members * vocab : rows + n * vocab;
     if (logits != nullptr) {
       cuda::block_target_normalizers(row, members, vocab, acc_t(1), math::TeacherNorm::kLogSoftmax, shift, offset,
@@ -66,7 +70,7 @@ __global__ void ensemble_kl_kernel(const student_t* __restrict__ student, const 
       }
       const math::KLClass<acc_t> t = math::ensemble_kl_class(acc_t(z[k]), z_max, z_log_sum, mean_prob, log_mean_prob);
       sum[0] += double(t.loss);
-      if (g != nullptr) g[k] = student_t(t.grad);
+      if (g != nullptr) g[k] = student_t(t.grad * scale);
     }
     cuda::block_sum(sum, scratch.sums);
     if (threadIdx.x == 0) loss[n] = acc_t(sum[0]);
@@ -84,22 +88,23 @@ std::tuple<at::Tensor, at::Tensor> ensemble_kl_cuda(const at::Tensor& student_lo
                                        nullptr, mask, reduction, compute_grad);
   if (p.positions == 0) return {reduced_loss(p), p.grad};
   const c10::cuda::CUDAGuard guard(p.student.device());
-  const int64_t blocks = cuda::loss_blocks(p.positions, p.student.get_device());
-  const int threads = cuda::threads_for(p.vocab);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor scale_holder;
+  const cuda::GradScale grad_scale = cuda::grad_scale_for(p, scale_holder);
   dispatch_student_teacher(p.student.scalar_type(), p.teacher_type(), [&](auto s, auto t) {
     using student_t = typename decltype(s)::type;
     using teacher_t = typename decltype(t)::type;
     using acc_t = loss_acc_t<student_t, teacher_t>;
     const bool from_logits = p.teacher_logits.defined();
-    const size_t shared = cuda::member_shared_bytes(p.members, sizeof(acc_t));
-    ensemble_kl_kernel<student_t, teacher_t, acc_t><<<blocks, threads, shared, stream>>>(
+    const auto kernel = ensemble_kl_kernel<student_t, teacher_t, acc_t>;
+    const cuda::LossLaunch<acc_t> l = cuda::loss_launch<acc_t>(kernel, p, from_logits ? p.members : 0);
+    kernel<<<l.blocks, l.threads, l.members.shared_bytes, stream>>>(
         p.student.const_data_ptr<student_t>(), from_logits ? p.teacher_logits.const_data_ptr<teacher_t>() : nullptr,
         from_logits ? nullptr : p.teacher_rows.const_data_ptr<teacher_t>(), p.mask_data(), p.positions, p.members,
-        p.vocab, p.loss.mutable_data_ptr<acc_t>(), p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
+        p.vocab, grad_scale, l.member_workspace(), l.members.global_row, p.loss.mutable_data_ptr<acc_t>(),
+        p.compute_grad ? p.grad.mutable_data_ptr<student_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  scale_grad_on_device(p);
   return {reduced_loss(p), p.grad};
 }
 

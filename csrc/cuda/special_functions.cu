@@ -11,13 +11,14 @@
 #include <algorithm>
 
 #include "edd_ext/checks.h"
+#include "edd_ext/cuda/block_reduce.cuh"
 #include "edd_ext/special_functions.h"
 
 namespace edd_ext {
 namespace {
 
 template <typename T>
-__global__ void special_function_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, int which) {
+__global__ void __launch_bounds__(cuda::kElementwiseThreads) special_function_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, int which) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const T v = x[i];
     y[i] = which == 0 ? math::lgamma(v) : (which == 1 ? math::digamma(v) : math::trigamma(v));
@@ -36,7 +37,7 @@ at::Tensor special_function_cuda(const at::Tensor& x, c10::string_view name) {
   const int64_t n = in.numel();
   if (n == 0) return out;
   const c10::cuda::CUDAGuard guard(in.device());
-  const int threads = 256;
+  const int threads = cuda::kElementwiseThreads;
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535);
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "edd_ext::special_function_cuda", [&] {
     special_function_kernel<scalar_t><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(

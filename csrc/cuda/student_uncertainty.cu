@@ -23,6 +23,7 @@
 #include <algorithm>
 
 #include "edd_ext/cuda/block_reduce.cuh"
+#include "edd_ext/cuda/launch.cuh"
 #include "edd_ext/student_uncertainty_host.h"
 
 namespace edd_ext {
@@ -41,18 +42,23 @@ struct LogitArgs {
   acc_t inv_t, min_scale, inv_samples, log_samples;
 };
 
-// z_k / T = a + b eps with a = mu_k / T, b = s_k / T.
+// z_k / T = a + b eps with a = mu_k / T, b = s_k / T (rounded as the CPU kernel rounds them).
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void location_and_scale(const scalar_t* mu, const scalar_t* rho, int64_t k,
                                                    const LogitArgs<acc_t>& args, acc_t& a, acc_t& b) {
-  a = acc_t(mu[k]) * args.inv_t;
-  b = (math::exp_(acc_t(rho[k])) + args.min_scale) * args.inv_t;
+  a = math::sample_location(acc_t(mu[k]), args.inv_t);
+  b = math::sample_scale(acc_t(rho[k]), args.min_scale, args.inv_t);
 }
 
+// The samples' streaming log-sum-exp: the Monte-Carlo exponential, a float64 running sum.
+template <typename acc_t>
+using SampleLogSumExp = math::OnlineLogSumExp<acc_t, double, math::SampleExp>;
+
 template <Family kFamily, typename scalar_t, typename acc_t>
-__global__ void logit_kernel(const scalar_t* __restrict__ loc, const scalar_t* __restrict__ log_scale,
-                             LogitArgs<acc_t> args, acc_t* __restrict__ workspace, acc_t* __restrict__ out) {
-  __shared__ acc_t lse_scratch[2 * cuda::kMaxWarps];
+EDD_EXT_BLOCK_KERNEL(acc_t)
+    logit_kernel(const scalar_t* __restrict__ loc, const scalar_t* __restrict__ log_scale, LogitArgs<acc_t> args,
+                 acc_t* __restrict__ workspace, acc_t* __restrict__ out) {
+  __shared__ cuda::LogSumExpScratch<acc_t, double> lse_scratch;
   __shared__ double sum_scratch[math::kNumMeasures * cuda::kMaxWarps];
   acc_t* lse = workspace + blockIdx.x * args.samples;  // [S] of this block
   const int64_t vocab = args.vocab, groups = (args.samples + 3) / 4;
@@ -63,21 +69,21 @@ __global__ void logit_kernel(const scalar_t* __restrict__ loc, const scalar_t* _
 
     // Pass 1: ln sum_k exp(z_sk / T) of every sample, four samples per Philox call.
     for (int64_t g = 0; g < groups; ++g) {
-      math::OnlineLogSumExp<acc_t> acc[4];
+      SampleLogSumExp<acc_t> acc[4];
       for (int64_t k = threadIdx.x; k < vocab; k += blockDim.x) {
         acc_t a, b;
         location_and_scale(mu, rho, k, args, a, b);
         const math::Noise4 e = math::noise4<kFamily>(stream.bits(uint32_t(k), uint32_t(g)));
-        acc[0].push(a + b * acc_t(e.e0));
-        acc[1].push(a + b * acc_t(e.e1));
-        acc[2].push(a + b * acc_t(e.e2));
-        acc[3].push(a + b * acc_t(e.e3));
+        acc[0].push(math::sample_rn(a, b, e.e0));
+        acc[1].push(math::sample_rn(a, b, e.e1));
+        acc[2].push(math::sample_rn(a, b, e.e2));
+        acc[3].push(math::sample_rn(a, b, e.e3));
       }
       const int rows = args.samples - 4 * g < 4 ? int(args.samples - 4 * g) : 4;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {  // unrolled: acc[] stays in registers
         if (j < rows) {
-          const math::OnlineLogSumExp<acc_t> total = cuda::block_logsumexp(acc[j], lse_scratch);
+          const SampleLogSumExp<acc_t> total = cuda::block_logsumexp(acc[j], lse_scratch);
           if (threadIdx.x == 0) lse[4 * g + j] = total.result();
         }
       }
@@ -94,10 +100,10 @@ __global__ void logit_kernel(const scalar_t* __restrict__ loc, const scalar_t* _
         const math::Noise4 e = math::noise4<kFamily>(stream.bits(uint32_t(k), uint32_t(g)));
         const int rows = args.samples - 4 * g < 4 ? int(args.samples - 4 * g) : 4;
         const acc_t* l = lse + 4 * g;
-        moments.push(a + b * acc_t(e.e0) - l[0]);
-        if (rows > 1) moments.push(a + b * acc_t(e.e1) - l[1]);
-        if (rows > 2) moments.push(a + b * acc_t(e.e2) - l[2]);
-        if (rows > 3) moments.push(a + b * acc_t(e.e3) - l[3]);
+        moments.push(math::sample_rn(a, b, e.e0) - l[0]);
+        if (rows > 1) moments.push(math::sample_rn(a, b, e.e1) - l[1]);
+        if (rows > 2) moments.push(math::sample_rn(a, b, e.e2) - l[2]);
+        if (rows > 3) moments.push(math::sample_rn(a, b, e.e3) - l[3]);
       }
       const math::ClassTerms<acc_t> terms = moments.finish(args.inv_samples, args.log_samples);
 #pragma unroll
@@ -120,11 +126,13 @@ at::Tensor logit_distribution_uncertainty_cuda(const at::Tensor& loc, const at::
   const c10::cuda::CUDAGuard guard(p.loc.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int threads = cuda::threads_for(p.vocab);
-  const int64_t blocks = cuda::grid_for(p.positions, p.loc.get_device(), 8);
-  at::Tensor workspace = at::empty({blocks, p.samples}, p.out.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.loc.scalar_type(), "edd_ext::logit_distribution_uncertainty_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
+        const auto kernel = p.family == Family::kGaussian ? logit_kernel<Family::kGaussian, scalar_t, acc_t>
+                                                          : logit_kernel<Family::kLaplace, scalar_t, acc_t>;
+        const int64_t blocks = cuda::resident_grid(kernel, threads, 0, p.positions);
+        at::Tensor workspace = at::empty({blocks, p.samples}, p.out.options());  // [S] log-sum-exps per block
         LogitArgs<acc_t> args;
         args.positions = p.positions;
         args.vocab = p.vocab;
@@ -138,11 +146,7 @@ at::Tensor logit_distribution_uncertainty_cuda(const at::Tensor& loc, const at::
         const scalar_t* rho = p.log_scale.const_data_ptr<scalar_t>();
         acc_t* ws = workspace.mutable_data_ptr<acc_t>();
         acc_t* out = p.out.mutable_data_ptr<acc_t>();
-        if (p.family == Family::kGaussian) {
-          logit_kernel<Family::kGaussian, scalar_t, acc_t><<<blocks, threads, 0, stream>>>(mu, rho, args, ws, out);
-        } else {
-          logit_kernel<Family::kLaplace, scalar_t, acc_t><<<blocks, threads, 0, stream>>>(mu, rho, args, ws, out);
-        }
+        kernel<<<blocks, threads, 0, stream>>>(mu, rho, args, ws, out);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return p.out;
@@ -152,7 +156,7 @@ at::Tensor logit_distribution_uncertainty_cuda(const at::Tensor& loc, const at::
 // Test access to the generator
 // ---------------------------------------------------------------------------------------------------
 
-__global__ void philox_kernel(const int64_t* __restrict__ counters, int64_t count, uint64_t seed,
+__global__ void __launch_bounds__(cuda::kElementwiseThreads) philox_kernel(const int64_t* __restrict__ counters, int64_t count, uint64_t seed,
                               int64_t* __restrict__ out) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t* c = counters + 4 * i;
@@ -166,7 +170,7 @@ __global__ void philox_kernel(const int64_t* __restrict__ counters, int64_t coun
 }
 
 template <Family kFamily>
-__global__ void noise_kernel(const int64_t* __restrict__ positions, int64_t count, uint64_t seed, int64_t samples,
+__global__ void __launch_bounds__(cuda::kElementwiseThreads) noise_kernel(const int64_t* __restrict__ positions, int64_t count, uint64_t seed, int64_t samples,
                              int64_t vocab, float* __restrict__ out) {
   const int64_t total = count * samples * vocab;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
@@ -177,7 +181,8 @@ __global__ void noise_kernel(const int64_t* __restrict__ positions, int64_t coun
 }
 
 int64_t elementwise_blocks(int64_t count) {
-  return std::max<int64_t>(1, std::min<int64_t>((count + 255) / 256, 65535));
+  return std::max<int64_t>(1, std::min<int64_t>((count + cuda::kElementwiseThreads - 1) / cuda::kElementwiseThreads,
+                                                65535));
 }
 
 at::Tensor philox4x32_cuda(const at::Tensor& counters, int64_t seed) {
@@ -187,7 +192,7 @@ at::Tensor philox4x32_cuda(const at::Tensor& counters, int64_t seed) {
   const int64_t count = in.numel() / 4;
   if (count == 0) return out;
   const c10::cuda::CUDAGuard guard(in.device());
-  philox_kernel<<<elementwise_blocks(count), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  philox_kernel<<<elementwise_blocks(count), cuda::kElementwiseThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       in.const_data_ptr<int64_t>(), count, uint64_t(seed), out.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -203,10 +208,10 @@ at::Tensor philox_noise_cuda(const at::Tensor& positions, int64_t seed, int64_t 
   const c10::cuda::CUDAGuard guard(pos.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (parse_family(family) == Family::kGaussian) {
-    noise_kernel<Family::kGaussian><<<elementwise_blocks(total), 256, 0, stream>>>(
+    noise_kernel<Family::kGaussian><<<elementwise_blocks(total), cuda::kElementwiseThreads, 0, stream>>>(
         pos.const_data_ptr<int64_t>(), pos.size(0), uint64_t(seed), num_samples, vocab, out.mutable_data_ptr<float>());
   } else {
-    noise_kernel<Family::kLaplace><<<elementwise_blocks(total), 256, 0, stream>>>(
+    noise_kernel<Family::kLaplace><<<elementwise_blocks(total), cuda::kElementwiseThreads, 0, stream>>>(
         pos.const_data_ptr<int64_t>(), pos.size(0), uint64_t(seed), num_samples, vocab, out.mutable_data_ptr<float>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();

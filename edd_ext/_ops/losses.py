@@ -11,11 +11,11 @@ zero).
 
 Memory: the wrappers below drop the op's gradient output and say so (``reuse_grad=True``), so the saved
 gradient has no reader but this backward when the graph is freed after it (``retain_graph=False``, no
-``create_graph``). The usual training step (``loss.backward()``, a CPU loss whose incoming gradient is exactly
-1) then hands the gradient the kernel wrote to autograd as it is: no second ``[*, V]`` buffer, no extra pass;
-any other incoming gradient scales it in place. Otherwise (a retained graph that may run backward again,
-``create_graph``, tracing under ``torch.compile``/functorch, a direct op call that keeps the gradient output)
-the backward returns a new tensor and the saved gradient stays untouched.
+``create_graph``). The usual training step (``loss.backward()``, an incoming gradient of exactly 1, on CPU or
+CUDA) then hands the gradient the kernel wrote to autograd as it is: no second ``[*, V]`` buffer, no extra
+pass, no host synchronisation; any other incoming gradient scales it in place (``scale_grad_``). Otherwise (a
+retained graph that may run backward again, ``create_graph``, tracing under ``torch.compile``/functorch, a direct
+op call that keeps the gradient output) the backward returns a new tensor and the saved gradient stays untouched.
 
 The gradients are first order: the saved gradient is a constant of the backward graph, so these losses do
 not support double backward.
@@ -80,29 +80,23 @@ def _scaled(grad: Tensor, grad_loss: Tensor, mask: Optional[Tensor], reuse_grad:
     """dOut/dstudent = grad * dOut/dLoss, broadcast over the classes; zero where ``mask`` is False.
 
     ``grad`` already holds the reduction's factor (and zero rows where masked). When the saved gradient is free
-    (see ``_saved_gradient_is_free``) it is returned as is for an incoming gradient of exactly 1 (checked on CPU
-    only, where reading it costs no device synchronisation) and scaled in place otherwise; else a new tensor is
-    returned.
+    (see ``_saved_gradient_is_free``) it is scaled in place by ``torch.ops.edd_ext.scale_grad_``, which leaves
+    rows whose incoming gradient is exactly 1 (and masked rows) untouched, reading the incoming gradient on the
+    device: the usual ``loss.backward()`` costs no pass over the gradient and no host synchronisation, on CPU and
+    CUDA alike. Otherwise a new tensor is returned.
     """
     if grad.dim() == 1 and grad.shape[0] == 0:
         raise RuntimeError(
             "edd_ext: the loss was computed without its gradient (no input required grad), but a backward "
             "pass reached it"
         )
+    if _saved_gradient_is_free(reuse_grad, grad, grad_loss):
+        torch.ops.edd_ext.scale_grad_(grad, grad_loss, mask)
+        return grad
     per_position = grad_loss.dim() > 0
     if per_position and mask is not None:
         grad_loss = torch.where(mask, grad_loss, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device))
     factor = grad_loss.unsqueeze(-1) if per_position else grad_loss
-    if _saved_gradient_is_free(reuse_grad, grad, grad_loss):
-        if grad_loss.device.type == "cpu":
-            if per_position:
-                # masked rows of grad are exactly 0 already: their factor does not matter
-                ones = grad_loss == 1 if mask is None else (grad_loss == 1) | ~mask
-                if bool(ones.all()):
-                    return grad
-            elif float(grad_loss) == 1.0:
-                return grad
-        return grad.mul_(factor)
     return (grad * factor).to(grad.dtype)
 
 
@@ -131,6 +125,10 @@ if has_extension():
     def _logit_nll_fake(loc, log_scale, teacher_logits, mask, family, teacher_norm, temperature, min_scale,
                         reduction, compute_grad, reuse_grad=False):
         return _fake_outputs(loc, teacher_logits, reduction, compute_grad, num_grads=2)
+
+    @torch.library.register_fake("edd_ext::scale_grad_")
+    def _scale_grad_fake(grad, factor, mask):
+        return None
 
     @torch.library.register_fake("edd_ext::ensemble_kl")
     def _ensemble_kl_fake(student_logits, teacher_logits, mean_probs, mask, reduction, compute_grad,

@@ -21,7 +21,7 @@ from .model import ModelConfig, Seq2Seq
 from .plan import Workload, estimate_seconds, trial_step_seconds
 from .report import build_table, columns, format_table, write_figure, write_json
 from .subword import apply_bpe
-from .train import END2_INIT, METHODS, batches, train_students, train_teacher
+from .train import END2_INIT, METHODS, batches, build_teacher_cache, train_students, train_teacher
 
 #: Sizes of the default and the ``--quick`` runs; any option given on the command line wins.
 PRESETS = {
@@ -103,6 +103,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--end2-init", choices=END2_INIT, default="EnD",
                    help="start of the EnD² student: the trained EnD student, then its own Dirichlet-NLL steps, or "
                         "a random initialisation, where it collapses to a flat Dirichlet (default: %(default)s)")
+    p.add_argument("--teacher-cache-topk", type=int, default=None, metavar="K",
+                   help="offline distillation: run the teachers once over the training corpus, cache its top-K "
+                        "statistics (edd_ext.cache, float16) and train the students from the cache; the logit-space "
+                        "students, which need every member's logits, are left out (default: live teachers)")
     p.add_argument("--bleu-tokenize", default=None,
                    help="sacrebleu tokenizer (default: 13a with --bpe, where BLEU is computed on detokenised text; "
                         "none otherwise, where the text is pre-tokenised)")
@@ -127,6 +131,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         p.error(f"--methods: expected a comma-separated subset of {list(METHODS)}, got {args.methods!r}")
+    if args.teacher_cache_topk is not None:
+        if args.teacher_cache_topk < 1:
+            p.error(f"--teacher-cache-topk: expected at least 1, got {args.teacher_cache_topk}")
+        methods = [m for m in methods if not METHODS[m][1]]
+        if not methods:
+            p.error("--teacher-cache-topk: the logit-space students need live teachers; choose another method")
     args.methods = methods
     if args.beam < 1:
         p.error(f"--beam: expected at least 1 hypothesis per source, got {args.beam}")
@@ -290,6 +300,17 @@ def run(args: argparse.Namespace) -> Dict:
         teacher_info.append(info)
     timings["teachers_s"] = time.perf_counter() - t0
 
+    # ---- teacher cache (offline distillation) ----
+    cache = None
+    if args.teacher_cache_topk is not None:
+        t0 = time.perf_counter()
+        cache = build_teacher_cache(teachers, src, tgt, str(out_dir / "teacher_cache"), top_k=args.teacher_cache_topk,
+                                    progress=progress)
+        timings["teacher_cache_s"] = time.perf_counter() - t0
+        _log(f"[teacher cache] top-{cache.top_k} statistics of {len(cache)} sentences, {cache.bytes_per_token:.0f} "
+             f"bytes per token, {timings['teacher_cache_s']:.0f} s; students train from it (logit-space students "
+             "left out)")
+
     # ---- students ----
     t0 = time.perf_counter()
     students = {}
@@ -299,9 +320,10 @@ def run(args: argparse.Namespace) -> Dict:
     student_info = train_students(students, teachers, src, tgt, steps=args.student_steps,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   logit_anchor=args.logit_anchor, end2_init=args.end2_init,
-                                  progress=progress, max_tokens=batch_tokens)
+                                  progress=progress, max_tokens=batch_tokens, cache=cache)
     timings["students_s"] = time.perf_counter() - t0
-    _log(f"[students] {timings['students_s']:.0f} s (teacher forward + ensemble_stats: "
+    _log(f"[students] {timings['students_s']:.0f} s ("
+         + ("cache reads" if cache is not None else "teacher forward + ensemble_stats") + ": "
          f"{next(iter(student_info.values()))['teacher_forward_s']:.0f} s); final losses: "
          + ", ".join(f"{k} {v['final_loss']:.3g}" for k, v in student_info.items()))
 

@@ -56,9 +56,10 @@ class Batch:
     prev: Tensor  # [B, T]  BOS + target
     target: Tensor  # [B, T]  target + EOS
     mask: Tensor  # [B, T]  True at real target tokens
+    index: Optional[np.ndarray] = None  # [B] the sentences' corpus indices (batches() sets it)
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.src, self.prev, self.target, self.mask)))
+        return Batch(*(t.to(device) for t in (self.src, self.prev, self.target, self.mask)), index=self.index)
 
 
 def pad(rows: Sequence[Sequence[int]], value: int = PAD) -> Tensor:
@@ -87,7 +88,9 @@ def batches(src: List[List[int]], tgt: List[List[int]], batch_size: int, steps: 
         if len(order) < batch_size:
             order = np.concatenate([order, rng.permutation(len(src))])
         idx, order = order[:batch_size], order[batch_size:]
-        yield make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+        batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+        batch.index = idx
+        yield batch
 
 
 def _token_batches(src, tgt, max_tokens: int, steps: int, rng: np.random.Generator) -> Iterator[Batch]:
@@ -111,7 +114,9 @@ def _token_batches(src, tgt, max_tokens: int, steps: int, rng: np.random.Generat
         for j in rng.permutation(len(epoch)):
             if done == steps:
                 return
-            yield make_batch([src[i] for i in epoch[j]], [tgt[i] for i in epoch[j]])
+            batch = make_batch([src[i] for i in epoch[j]], [tgt[i] for i in epoch[j]])
+            batch.index = np.asarray(epoch[j])
+            yield batch
             done += 1
 
 
@@ -193,10 +198,31 @@ def teacher_logits(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> Te
     return torch.stack([t(src, prev)[0] for t in teachers], dim=-2)
 
 
+def build_teacher_cache(teachers: Sequence[Seq2Seq], src, tgt, directory: str, *, top_k: int,
+                        storage_dtype: str = "float16", progress: bool = True):
+    """Run the teachers once over the training corpus and write its top-k statistics cache (``edd_ext.cache``)."""
+    for t in teachers:
+        t.eval()
+
+    device = teachers[0].embed.weight.device
+
+    def run(indices):
+        b = make_batch([src[i] for i in indices], [tgt[i] for i in indices]).to(device)
+        return teacher_logits(teachers, b.src, b.prev)
+
+    return E.cache.build_cache(directory, [len(t) + 1 for t in tgt], run, kind="top_k",
+                               top_k=min(top_k, teachers[0].cfg.vocab_size), storage_dtype=storage_dtype,
+                               teachers=[f"demo teacher {m}" for m in range(len(teachers))],
+                               data_fingerprint=E.cache.fingerprint(np.asarray(s, dtype=np.int64) for s in src + tgt),
+                               overwrite=True, progress=progress)
+
+
 def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int, batch_size: int,
             lr: float, rng: np.random.Generator, logit_anchor: float, desc: str,
-            progress: bool, max_tokens: Optional[int] = None) -> Tuple[Dict[str, Dict[str, float]], float]:
-    """``steps`` optimiser steps for every student on the same batches; returns (per-student info, shared s)."""
+            progress: bool, max_tokens: Optional[int] = None,
+            cache=None) -> Tuple[Dict[str, Dict[str, float]], float]:
+    """``steps`` optimiser steps for every student on the same batches; returns (per-student info, shared s).
+    With a teacher ``cache`` the batches' statistics are read from it instead of running the teachers."""
     for model in students.values():
         model.train()
     opts = {name: _optimizer(model, lr, steps) for name, model in students.items()}
@@ -208,8 +234,12 @@ def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt,
     for i, b in enumerate(bar):
         b = b.to(device)
         t0 = time.perf_counter()
-        logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
-        stats = E.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+        if cache is None:
+            logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
+            stats = E.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
+        else:  # offline distillation: the cached top-k statistics of these sentences
+            stats = cache.batch(b.index, length=b.target.shape[1])
+            logits, stats = None, type(stats)(*(x.to(device) if torch.is_tensor(x) else x for x in stats))
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()
@@ -234,12 +264,18 @@ END2_INIT = ("EnD", "scratch")
 
 def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int,
                    batch_size: int, lr: float, seed: int, logit_anchor: float = 1.0, end2_init: str = "EnD",
-                   progress: bool = True, max_tokens: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+                   progress: bool = True, max_tokens: Optional[int] = None,
+                   cache=None) -> Dict[str, Dict[str, float]]:
     """Distil the ensemble into every student; returns per-student time and final loss.
 
     With ``end2_init="EnD"`` the EnD² student starts from the trained EnD student (an EnD student is
-    trained for it if ``students`` has none) and then gets ``steps`` Dirichlet-NLL steps of its own.
+    trained for it if ``students`` has none) and then gets ``steps`` Dirichlet-NLL steps of its own. With a
+    teacher ``cache`` (:func:`build_teacher_cache`) the students read the cached top-k statistics instead of
+    running the teachers (the logit-space students, which need every member's logits, cannot).
     """
+    if cache is not None and any(model.log_scale is not None for model in students.values()):
+        raise ValueError("cache: the logit-space students need every member's logits; train them with the "
+                         "teachers")
     if end2_init not in END2_INIT:
         raise ValueError(f"end2_init: expected one of {END2_INIT}, got {end2_init!r}")
     for t in teachers:
@@ -256,7 +292,7 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         first["EnD"].load_state_dict(students["EnD2"].state_dict())
     info, shared_s = _distil(first, teachers, src, tgt, steps=steps, batch_size=batch_size, lr=lr,
                              rng=np.random.default_rng([seed, 20]), logit_anchor=logit_anchor, desc="students",
-                             progress=progress, max_tokens=max_tokens)
+                             progress=progress, max_tokens=max_tokens, cache=cache)
     for v in info.values():
         v["teacher_forward_s"] = shared_s
     if warm_end2:
@@ -264,7 +300,8 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         end2.load_state_dict(first["EnD"].state_dict())
         end2_info, end2_shared = _distil({"EnD2": end2}, teachers, src, tgt, steps=steps, batch_size=batch_size,
                                          lr=lr / 3, rng=np.random.default_rng([seed, 22]), logit_anchor=logit_anchor,
-                                         desc="EnD2 from EnD", progress=progress, max_tokens=max_tokens)
+                                         desc="EnD2 from EnD", progress=progress, max_tokens=max_tokens,
+                                         cache=cache)
         end2_info = end2_info["EnD2"]
         end2_info["train_s"] += info["EnD"]["train_s"]
         end2_info["teacher_forward_s"] = shared_s + end2_shared

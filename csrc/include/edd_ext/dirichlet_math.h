@@ -77,8 +77,11 @@ struct ClassLossGrad {
   T grad;
 };
 
+// A class with l_k = -inf (a member gives it probability 0, no smoothing) has an infinite NLL: its loss term and
+// its gradient are +inf (never NaN, whatever alpha_k).
 template <typename T>
 EDD_HD ClassLossGrad<T> dirichlet_nll_class(T z, T c, T log_c, T c_minus_one, T mean_log_prob, T digamma_alpha0) {
+  if (mean_log_prob == neg_inf<T>()) return {pos_inf<T>(), pos_inf<T>()};
   const StudentConcentration<T> a = student_concentration(z, c);
   const LogGammaDigamma<T> g = lgamma_excess_digamma(z, log_c, a);
   ClassLossGrad<T> out;

@@ -10,6 +10,10 @@
 //   EPKL_k = E[p_m l_m] - p * E[l_m]          >= 0 (covariance of p_m and l_m = ln p_m)
 //   RMI_k  = p (ln p - E[l_m])                >= 0 (Jensen)
 // so that MI = TU - DU and EPKL = MI + RMI hold to rounding, and identical members give exactly 0.
+// A log-probability of -inf (a teacher logit of -inf) is a probability of exactly 0, and every product with a
+// zero probability is 0 (0 ln 0 = 0, `xmul`): a class that every member gives probability 0 adds nothing; one
+// that some members give 0 and others do not makes EPKL and RMI +inf (an infinite KL between those members,
+// the limit), while TU, DU and MI stay finite.
 #pragma once
 
 #include "edd_ext/macros.h"
@@ -32,6 +36,12 @@ EDD_HD T clamp_rounding(T x) {
   return x < T(0) ? T(0) : x;
 }
 
+// p x with 0 x = 0 for every x (-inf included); NaN in p propagates.
+template <typename T>
+EDD_HD T xmul(T p, T x) {
+  return p == T(0) ? T(0) : p * x;
+}
+
 template <typename T>
 struct ClassTerms {
   T mean_prob;      // p
@@ -50,7 +60,7 @@ struct MemberMoments {
     const T p = exp_(log_prob);
     sum_p += p;
     sum_l += log_prob;
-    sum_pl += p * log_prob;  // p -> 0 faster than l -> -inf: 0 for underflowed p
+    sum_pl += xmul(p, log_prob);  // p -> 0 faster than l -> -inf: 0 for underflowed p and for l = -inf
     max_l = max_(max_l, log_prob);
   }
 
@@ -62,17 +72,33 @@ struct MemberMoments {
     // ln p from the summed probabilities; when they underflow, from the largest member's log-probability
     // (then p ln p is 0 to working precision either way, but RMI's p (ln p - E[l]) stays well defined).
     const T log_p = sum_p > T(0) ? log_(sum_p) - log_members : max_l - log_members;
-    const T p_log_p = p * log_p;
+    const T p_log_p = xmul(p, log_p);
     out.mean_prob = p;
     out.mean_log_prob = mean_l;
     out.measure[0] = -p_log_p;
     out.measure[1] = -mean_pl;
     out.measure[2] = clamp_rounding(mean_pl - p_log_p);
-    out.measure[3] = clamp_rounding(mean_pl - p * mean_l);
-    out.measure[4] = clamp_rounding(p * (log_p - mean_l));
+    out.measure[3] = clamp_rounding(mean_pl - xmul(p, mean_l));
+    out.measure[4] = clamp_rounding(xmul(p, log_p - mean_l));
     return out;
   }
 };
+
+// The terms of class k of one position's logits u [M, V], given each member's normalisers (the maximum `shift`
+// and `log_sum` = ln sum_k exp(u / T - shift)): l_m = (u_mk / T - shift_m) - log_sum_m, smoothed in log space
+// when asked, pushed into MemberMoments.
+template <typename scalar_t, typename T>
+EDD_HD ClassTerms<T> ensemble_class_terms(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
+                                          const T* shift, const T* log_sum, T inv_t, bool smooth, T log1m_eps,
+                                          T log_eps_over_v, T inv_members, T log_members) {
+  MemberMoments<T> moments;
+  for (int64_t m = 0; m < members; ++m) {
+    T l = (T(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
+    if (smooth) l = smooth_log_prob(l, log1m_eps, log_eps_over_v);
+    moments.push(l);
+  }
+  return moments.finish(inv_members, log_members);
+}
 
 }  // namespace math
 }  // namespace edd_ext

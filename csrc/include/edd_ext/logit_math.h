@@ -15,6 +15,10 @@ namespace math {
 // How the teacher logits u / T of each member are normalised into the targets x = u / T - shift - offset.
 enum class TeacherNorm : int { kLogSoftmax = 0, kCenter = 1, kNone = 2 };
 
+// The shift of teacher_norm "center": the mean of a member's logits over T other than -inf (sum and count of
+// those), so that a -inf logit is a target of -inf; 0 when every logit is -inf.
+EDD_HD double finite_mean(double sum, double count) { return count > 0 ? sum / count : 0.0; }
+
 template <typename T>
 EDD_HD T half_log_2pi() {
   return T(0.91893853320467274178032973640562);
@@ -77,14 +81,22 @@ EDD_HD LocScaleLossGrad<T> gaussian_class(T rho, T log_min_scale, T dev, T sprea
 // x_0 - mu are small when the targets are close to each other and to mu, and are formed exactly):
 //   d_m = x_m - x_0,  d- = (1/M) sum_m d_m,  x- - mu = (x_0 - mu) + d-,  spread = sum_m (d_m - d-)^2.
 // Usage: first(x_0); add(x_m) for m >= 1; then mean_offset(); then add_spread(x_m) for every m.
+// `lowest` keeps the smallest target: -inf when a member gives the class probability 0 (see gaussian_of).
 template <typename T>
 struct CentredMoments {
   T pivot = T(0);
   T sum_d = T(0);
   T mean_d = T(0);
   T spread = T(0);
-  EDD_HD void first(T x0) { pivot = x0; }
-  EDD_HD void add(T x) { sum_d += x - pivot; }
+  T lowest = T(0);
+  EDD_HD void first(T x0) {
+    pivot = x0;
+    lowest = x0;
+  }
+  EDD_HD void add(T x) {
+    sum_d += x - pivot;
+    lowest = min_(lowest, x);
+  }
   EDD_HD void finish_mean(T inv_members) { mean_d = sum_d * inv_members; }
   EDD_HD void add_spread(T x) {
     const T d = (x - pivot) - mean_d;
@@ -93,6 +105,14 @@ struct CentredMoments {
   // mu - x-
   EDD_HD T loc_minus_mean(T mu) const { return (mu - pivot) - mean_d; }
 };
+
+// A Gaussian class with a target of -inf (a teacher logit of -inf: a probability of 0) has an infinite loss; it
+// is +inf, and the gradients are their limits, dL/dmu = +inf, dL/drho = -inf (never NaN).
+template <typename T>
+EDD_HD LocScaleLossGrad<T> gaussian_of(const CentredMoments<T>& c, T rho, T log_min_scale, T mu, T inv_members) {
+  if (c.lowest == neg_inf<T>()) return {pos_inf<T>(), pos_inf<T>(), neg_inf<T>()};
+  return gaussian_class(rho, log_min_scale, c.loc_minus_mean(mu), c.spread, inv_members);
+}
 
 // Laplace: with a = (1/M) sum_m |x_m - mu| and n = sum_m sign(x_m - mu) (accumulated by the caller),
 //   L_k        = ln s + ln 2 + a / s

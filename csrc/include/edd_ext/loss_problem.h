@@ -35,7 +35,8 @@ struct LossProblem {
   bool compute_grad = false;
   Reduction reduction = Reduction::kNone;
   // Factor the CPU kernels fold into every gradient element they write: 1 / (unmasked positions) for the
-  // mean, else 1 (host_grad_scale). The CUDA kernels write unscaled rows (scale_grad_on_device).
+  // mean, else 1 (host_grad_scale). The CUDA kernels read the same factor from a device scalar when a mask must
+  // be counted (cuda::grad_scale_for).
   double grad_scale = 1.0;
 
   at::ScalarType teacher_type() const {

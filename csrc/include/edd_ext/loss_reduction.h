@@ -2,7 +2,8 @@
 // implementations. The loss is reduced as asked: per position [*] (reduction none), or the sum or mean over
 // the unmasked positions [] (sum, mean; the mean is 0 when none is unmasked). The gradient is that of the
 // output: for none, of each position's own loss; for mean, already divided by the number of unmasked
-// positions (the CPU kernels fold the factor into the rows they write, the CUDA ones scale afterwards).
+// positions: every kernel folds the factor into the rows it writes, before their one rounding (the CUDA
+// kernels read it from a device scalar when a mask must be counted: cuda::grad_scale_for).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,14 +35,6 @@ inline at::Tensor reduced_loss(const LossProblem& p) {
   at::Tensor total = p.loss.sum();
   if (p.reduction == Reduction::kSum) return total;
   return total.div(unmasked_count(p, total.scalar_type()));
-}
-
-// CUDA: divides the gradient rows by the unmasked positions for the mean (on the device, no synchronisation).
-inline void scale_grad_on_device(const LossProblem& p) {
-  if (p.reduction != Reduction::kMean || !p.compute_grad) return;
-  const at::Tensor inv_count = unmasked_count(p, p.loss.scalar_type()).reciprocal();
-  p.grad.mul_(inv_count);
-  if (p.grad_log_scale.defined()) p.grad_log_scale.mul_(inv_count);
 }
 
 }  // namespace edd_ext

@@ -36,5 +36,15 @@ EDD_HD T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
+template <typename T>
+EDD_HD T pos_inf() {
+  return std::numeric_limits<T>::infinity();
+}
+
+template <typename T>
+EDD_HD T quiet_nan() {
+  return std::numeric_limits<T>::quiet_NaN();
+}
+
 }  // namespace math
 }  // namespace edd_ext

@@ -1,4 +1,7 @@
-// Digamma, trigamma and log-gamma for positive real arguments, in float and double, for host and device.
+// Digamma, trigamma and log-gamma for real arguments x >= 0, in float and double, for host and device.
+// Outside that domain (x < 0, -inf, NaN) each returns NaN: the recurrences below step x by 1 until it reaches
+// a threshold, which never happens for x = -inf or for x < -2^24 in float (-2^53 in double), where x + 1 == x.
+// At the ends of the domain: lnG(0) = psi'(0) = +inf, psi(0) = -inf; lnG(+inf) = psi(+inf) = +inf, psi'(+inf) = 0.
 //
 // Above a threshold (10 in double, 8 in float) each is its asymptotic (Stirling / Bernoulli) series,
 // truncated where the next term is below the type's rounding error at the threshold. Below it:
@@ -59,6 +62,12 @@ EDD_HD T lgamma_tail(T y) {
                         f * (T(1.0 / 1680) - f * (T(1.0 / 1188) - f * (T(691.0 / 360360) - f * T(1.0 / 156)))))));
 }
 
+// True outside the domain x >= 0 (NaN included).
+template <typename T>
+EDD_HD bool outside_domain(T x) {
+  return !(x >= T(0));
+}
+
 template <typename T>
 EDD_HD T half_log_two_pi() {
   return T(0.91893853320467274178032973640562);
@@ -89,12 +98,13 @@ EDD_HD float digamma_core_poly<float>(float t) {
 EDD_HD double minus_digamma_root(double x) { return (x - 1.4616321449683622) - 9.549995429965697e-17; }
 EDD_HD float minus_digamma_root(float x) { return (x - 1.4616321325302124f) - 1.243815006546356e-08f; }
 
-// psi(x) for x > 0: the asymptotic series from the threshold up; below it, the recurrence brings x into
+// psi(x) for x >= 0: the asymptotic series from the threshold up; below it, the recurrence brings x into
 // [1, 2] (down, adding 1/(x-1) + ... > 0; or up once from x < 1, adding -1/x), where the fitted core with
 // its root factored out keeps the relative accuracy near the root.
 template <typename T>
 EDD_HD T digamma(T x) {
   if (x >= SeriesThreshold<T>::value) return log_(x) - T(0.5) / x + digamma_tail(x);
+  if (outside_domain(x)) return quiet_nan<T>();
   T shift = 0;
   if (x < T(1)) {
     shift = -T(1) / x;
@@ -107,9 +117,10 @@ EDD_HD T digamma(T x) {
   return minus_digamma_root(x) * digamma_core_poly(x - T(1.5)) + shift;
 }
 
-// psi'(x) for x > 0.
+// psi'(x) for x >= 0.
 template <typename T>
 EDD_HD T trigamma(T x) {
+  if (outside_domain(x)) return quiet_nan<T>();
   T shift = 0;
   while (x < SeriesThreshold<T>::value) {
     const T r = T(1) / x;  // r * r, not 1 / (x * x): x * x is subnormal in float below 1e-19
@@ -142,7 +153,7 @@ EDD_HD float lgamma_core_poly<float>(float t) {
   return r;
 }
 
-// ln Gamma(x) for x > 0.
+// ln Gamma(x) for x >= 0.
 //   x < 1/2:            ln G(x + 1) - ln x        (-ln x dominates: no cancellation)
 //   1/2 <= x < 1:       x (x - 1) P(x - 1/2) - ln x, every argument formed exactly
 //   1 <= x <= 2:        (x - 1)(x - 2) P(x - 3/2)
@@ -151,8 +162,10 @@ EDD_HD float lgamma_core_poly<float>(float t) {
 template <typename T>
 EDD_HD T lgamma(T x) {
   if (x >= SeriesThreshold<T>::value) {
+    if (x == pos_inf<T>()) return x;  // the series would give inf - inf
     return (x - T(0.5)) * log_(x) - x + half_log_two_pi<T>() + lgamma_tail(x);
   }
+  if (outside_domain(x)) return quiet_nan<T>();
   if (x < T(0.5)) {
     const T y = x + T(1);
     return (y - T(1)) * (y - T(2)) * lgamma_core_poly(y - T(1.5)) - log_(x);

@@ -6,7 +6,10 @@
 // Noise. The variates are float32 for every input dtype (the draws, not the arithmetic after them, are
 // float: a float64 run sees the very same noise as a float32 run). The transforms are written without
 // libm calls and without floating-point selects (the branches are integer bit operations), so that
-// the CPU loops over a row vectorise and the device and the host evaluate the same expressions.
+// the CPU loops over a row vectorise and the device and the host evaluate the same expressions; and every
+// product and sum is rounded on its own (mul_rn, add_rn, sub_rn: nvcc would otherwise contract a * b + c
+// into one fused multiply-add, which the CPU build, compiled with -ffp-contract=off, does not), so that a seed
+// gives the same bits on the CPU and on the GPU (tests/test_noise_ptx.py checks the PTX for fma).
 //   uniforms:  24-bit, U = (b + 1) 2^-24 in [2^-24, 1] (never 0) from the top 24 bits of a word;
 //   Gaussian:  words (w0, w1) -> r = sqrt(-2 ln U(w0)), theta = 2 pi A(w1), A = b 2^-24 in [0, 1):
 //              (r cos theta, r sin theta); likewise (w2, w3). |eps| <= sqrt(2 ln 2^24) = 5.77, a tail
@@ -69,6 +72,34 @@ EDD_HD_INLINE float select_bits(uint32_t mask, float a, float b) {
   return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));
 }
 
+// a * b, a + b and a - b, each rounded to nearest on its own. On the device the intrinsics are never contracted
+// into fused multiply-adds; on the host the build does not contract (-ffp-contract=off).
+#if defined(__CUDA_ARCH__)
+EDD_HD_INLINE float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+EDD_HD_INLINE float add_rn(float a, float b) { return __fadd_rn(a, b); }
+EDD_HD_INLINE float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+EDD_HD_INLINE double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+EDD_HD_INLINE double add_rn(double a, double b) { return __dadd_rn(a, b); }
+EDD_HD_INLINE double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+#else
+EDD_HD_INLINE float mul_rn(float a, float b) { return a * b; }
+EDD_HD_INLINE float add_rn(float a, float b) { return a + b; }
+EDD_HD_INLINE float sub_rn(float a, float b) { return a - b; }
+EDD_HD_INLINE double mul_rn(double a, double b) { return a * b; }
+EDD_HD_INLINE double add_rn(double a, double b) { return a + b; }
+EDD_HD_INLINE double sub_rn(double a, double b) { return a - b; }
+#endif
+
+// a * b + c with two roundings (a Horner step).
+EDD_HD_INLINE float mul_add_rn(float a, float b, float c) { return add_rn(mul_rn(a, b), c); }
+
+// One Monte-Carlo sample of a logit over the temperature, a + b eps (a = mu / T, b = s / T), rounded as the CPU
+// kernel rounds it.
+template <typename T>
+EDD_HD_INLINE T sample_rn(T a, T b, float eps) {
+  return add_rn(a, mul_rn(b, T(eps)));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Float transforms for the noise and the softmax (no libm, no float selects)
 // ---------------------------------------------------------------------------------------------------
@@ -76,10 +107,10 @@ EDD_HD_INLINE float select_bits(uint32_t mask, float a, float b) {
 constexpr float kTwoPow24Inv = 5.9604644775390625e-08f;  // 2^-24
 
 // U = (top 24 bits + 1) 2^-24 in [2^-24, 1], exact in float.
-EDD_HD_INLINE float uniform_open0(uint32_t w) { return float(int32_t(w >> 8) + 1) * kTwoPow24Inv; }
+EDD_HD_INLINE float uniform_open0(uint32_t w) { return mul_rn(float(int32_t(w >> 8) + 1), kTwoPow24Inv); }
 
 // A = (top 24 bits) 2^-24 in [0, 1), exact in float.
-EDD_HD_INLINE float uniform_open1(uint32_t w) { return float(int32_t(w >> 8)) * kTwoPow24Inv; }
+EDD_HD_INLINE float uniform_open1(uint32_t w) { return mul_rn(float(int32_t(w >> 8)), kTwoPow24Inv); }
 
 // ln x for a normal positive float: x = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)) by an integer shift
 // of the exponent bits, then the Cephes logf polynomial (within 2 ulp on that range).
@@ -87,43 +118,51 @@ EDD_HD_INLINE float log_positive(float x) {
   uint32_t ix = float_bits(x) + (0x3f800000u - 0x3f3504f3u);
   const float k = float(int32_t(ix >> 23) - 127);
   ix = (ix & 0x007fffffu) + 0x3f3504f3u;
-  const float f = bits_float(ix) - 1.0f;
-  const float z = f * f;
+  const float f = sub_rn(bits_float(ix), 1.0f);
+  const float z = mul_rn(f, f);
   float y = 7.0376836292e-2f;
-  y = y * f - 1.1514610310e-1f;
-  y = y * f + 1.1676998740e-1f;
-  y = y * f - 1.2420140846e-1f;
-  y = y * f + 1.4249322787e-1f;
-  y = y * f - 1.6668057665e-1f;
-  y = y * f + 2.0000714765e-1f;
-  y = y * f - 2.4999993993e-1f;
-  y = y * f + 3.3333331174e-1f;
-  y = y * f * z;
-  y += -2.12194440e-4f * k;
-  y += -0.5f * z;
-  return (f + y) + 0.693359375f * k;
+  y = mul_add_rn(y, f, -1.1514610310e-1f);
+  y = mul_add_rn(y, f, 1.1676998740e-1f);
+  y = mul_add_rn(y, f, -1.2420140846e-1f);
+  y = mul_add_rn(y, f, 1.4249322787e-1f);
+  y = mul_add_rn(y, f, -1.6668057665e-1f);
+  y = mul_add_rn(y, f, 2.0000714765e-1f);
+  y = mul_add_rn(y, f, -2.4999993993e-1f);
+  y = mul_add_rn(y, f, 3.3333331174e-1f);
+  y = mul_rn(mul_rn(y, f), z);
+  y = add_rn(y, mul_rn(-2.12194440e-4f, k));
+  y = add_rn(y, mul_rn(-0.5f, z));
+  return add_rn(add_rn(f, y), mul_rn(0.693359375f, k));
 }
 
 // sqrt(x) for x >= 0 from an inverse-square-root estimate and two Newton steps (relative error of the
 // estimate 1.8e-3 -> 5e-6 -> 4e-11, below float rounding); sqrt(0) = 0.
 EDD_HD_INLINE float sqrt_nonnegative(float x) {
   float y = bits_float(0x5f375a86u - (float_bits(x) >> 1));
-  const float half_x = 0.5f * x;
-  y = y * (1.5f - half_x * y * y);
-  y = y * (1.5f - half_x * y * y);
-  return x * y;
+  const float half_x = mul_rn(0.5f, x);
+  y = mul_rn(y, sub_rn(1.5f, mul_rn(mul_rn(half_x, y), y)));
+  y = mul_rn(y, sub_rn(1.5f, mul_rn(mul_rn(half_x, y), y)));
+  return mul_rn(x, y);
 }
 
 // (sin 2 pi a, cos 2 pi a) for a in [0, 1): the nearest quarter turn q is split off exactly, the rest
 // x = 2 pi (a - q/4) in [-pi/4, pi/4] goes through the Cephes sinf/cosf polynomials, and the quadrant
 // swaps and negates the pair with integer masks.
 EDD_HD_INLINE void sincos_turns(float a, float& sin_out, float& cos_out) {
-  const int32_t q = int32_t(a * 4.0f + 0.5f);
-  const float x = (a - float(q) * 0.25f) * 6.28318530717958647692f;
-  const float z = x * x;
-  const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * x + x;
-  const float c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
-                  0.5f * z + 1.0f;
+  const int32_t q = int32_t(add_rn(mul_rn(a, 4.0f), 0.5f));
+  const float x = mul_rn(sub_rn(a, mul_rn(float(q), 0.25f)), 6.28318530717958647692f);
+  const float z = mul_rn(x, x);
+  const float s =
+      add_rn(mul_rn(mul_rn(mul_add_rn(mul_add_rn(-1.9515295891e-4f, z, 8.3321608736e-3f), z, -1.6666654611e-1f), z),
+                    x),
+             x);
+  const float c = add_rn(
+      sub_rn(mul_rn(mul_rn(mul_add_rn(mul_add_rn(2.443315711809948e-5f, z, -1.388731625493765e-3f), z,
+                                      4.166664568298827e-2f),
+                           z),
+                    z),
+             mul_rn(0.5f, z)),
+      1.0f);
   const uint32_t swap = 0u - uint32_t(q & 1);
   const uint32_t sin_sign = uint32_t(q & 2) << 30, cos_sign = uint32_t((q + 1) & 2) << 30;
   sin_out = bits_float(float_bits(select_bits(swap, c, s)) ^ sin_sign);
@@ -141,21 +180,43 @@ EDD_HD_INLINE float exp_flush(float x) {
   const uint32_t under = 0u - uint32_t((bits > kLow) & (bits <= kNegInf));
   const uint32_t over = 0u - uint32_t((bits > kHigh) & (bits <= kPosInf));
   const float xc = select_bits(under | over, 0.0f, x);
-  const float t = xc * 1.44269504088896341f;
-  const int32_t n = int32_t(float_bits(t + 12582912.0f) - 0x4b400000u);  // round(t), |t| < 2^22
+  const float t = mul_rn(xc, 1.44269504088896341f);
+  const int32_t n = int32_t(float_bits(add_rn(t, 12582912.0f)) - 0x4b400000u);  // round(t), |t| < 2^22
   const float r = float(n);
-  float f = xc - r * 0.693359375f;
-  f = f - r * -2.12194440e-4f;
-  const float z = f * f;
+  float f = sub_rn(xc, mul_rn(r, 0.693359375f));
+  f = sub_rn(f, mul_rn(r, -2.12194440e-4f));
+  const float z = mul_rn(f, f);
   float y = 1.9875691500e-4f;
-  y = y * f + 1.3981999507e-3f;
-  y = y * f + 8.3334519073e-3f;
-  y = y * f + 4.1665795894e-2f;
-  y = y * f + 1.6666665459e-1f;
-  y = y * f + 5.0000001201e-1f;
-  y = y * z + f + 1.0f;
+  y = mul_add_rn(y, f, 1.3981999507e-3f);
+  y = mul_add_rn(y, f, 8.3334519073e-3f);
+  y = mul_add_rn(y, f, 4.1665795894e-2f);
+  y = mul_add_rn(y, f, 1.6666665459e-1f);
+  y = mul_add_rn(y, f, 5.0000001201e-1f);
+  y = add_rn(add_rn(mul_rn(y, z), f), 1.0f);
   const float scale = bits_float(uint32_t(n + 127) << 23);
-  return bits_float((float_bits(y * scale) & ~(under | over)) | (over & kPosInf));
+  return bits_float((float_bits(mul_rn(y, scale)) & ~(under | over)) | (over & kPosInf));
+}
+
+// The exponential of the Monte-Carlo kernels on both devices: exp_flush in float, exp in double.
+EDD_HD_INLINE float exp_sample(float x) { return exp_flush(x); }
+EDD_HD_INLINE double exp_sample(double x) { return exp_(x); }
+
+struct SampleExp {
+  template <typename T>
+  EDD_HD T operator()(T x) const {
+    return exp_sample(x);
+  }
+};
+
+// The per-class location and scale of the samples over the temperature: a = mu / T, b = (exp(rho) + s_min) / T.
+template <typename T>
+EDD_HD_INLINE T sample_location(T mu, T inv_t) {
+  return mul_rn(mu, inv_t);
+}
+
+template <typename T>
+EDD_HD_INLINE T sample_scale(T rho, T min_scale, T inv_t) {
+  return mul_rn(add_rn(exp_sample(rho), min_scale), inv_t);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -169,15 +230,15 @@ struct Noise4 {
 };
 
 EDD_HD_INLINE void box_muller(uint32_t radius_bits, uint32_t angle_bits, float& first, float& second) {
-  const float r = sqrt_nonnegative(-2.0f * log_positive(uniform_open0(radius_bits)));
+  const float r = sqrt_nonnegative(mul_rn(-2.0f, log_positive(uniform_open0(radius_bits))));
   float s, c;
   sincos_turns(uniform_open1(angle_bits), s, c);
-  first = r * c;
-  second = r * s;
+  first = mul_rn(r, c);
+  second = mul_rn(r, s);
 }
 
 EDD_HD_INLINE float laplace_from_bits(uint32_t w) {
-  const float v = float(int32_t(w & 0x00ffffffu) + 1) * kTwoPow24Inv;  // (0, 1]
+  const float v = mul_rn(float(int32_t(w & 0x00ffffffu) + 1), kTwoPow24Inv);  // (0, 1]
   return bits_float(float_bits(-log_positive(v)) ^ (w & 0x80000000u));
 }
 

@@ -1,8 +1,8 @@
 """Ensemble-distribution-distillation criteria for fairseq.
 
 Each criterion reads the teacher ensemble from ``sample["teacher"]`` (attached by ``--task edd_distillation``:
-``[B, T, M, V]`` logits or cached statistics), computes its loss with ``edd_ext`` (summed over the target
-tokens, padding masked), and logs, per target token:
+``[B, T, M, V]`` logits, or cached statistics, dense or top-k), computes its loss with ``edd_ext`` (summed over
+the target tokens, padding masked), and logs, per target token:
 
 * ``loss``: the criterion's loss (nats per token, or per sentence with ``--sentence-avg``);
 * ``nll_loss`` / ``ppl``: the student's negative log-likelihood of the reference (base 2, as fairseq's
@@ -74,14 +74,23 @@ def teacher_from_sample(sample) -> dict:
 
 
 def _stats_from_teacher(teacher: dict):
-    """The teacher's :class:`edd_ext.EnsembleStats`, computed from logits or rebuilt from cached fields."""
+    """The teacher's statistics: the cached :class:`edd_ext.EnsembleStats` or :class:`edd_ext.TopKEnsembleStats`,
+    or computed from the logits."""
     if "stats" in teacher:
-        s = teacher["stats"]
-        return E.EnsembleStats(s["mean_probs"], s["mean_log_probs"], s["total"], s["data"],
-                                  s["mutual_information"], s["epkl"], s["rmi"],
-                                  num_members=int(teacher.get("num_members", 0)))
+        return teacher["stats"]
     return E.ensemble_stats(teacher["logits"], temperature=float(teacher.get("temperature", 1.0)),
-                               smoothing=float(teacher.get("smoothing", 0.0)))
+                            smoothing=float(teacher.get("smoothing", 0.0)))
+
+
+def _mean_prob_of(stats, target: Tensor) -> Tensor:
+    """pi^ of the reference tokens ``[B, T]``; from top-k statistics, the listed value or the tail's
+    tau / (V - k)."""
+    if isinstance(stats, E.TopKEnsembleStats):
+        hit = stats.indices == target.unsqueeze(-1)
+        listed = torch.where(hit, stats.mean_probs.float(), torch.zeros((), device=target.device)).sum(-1)
+        tail = stats.tail_mass.float() / max(stats.num_classes - stats.top_k, 1)
+        return torch.where(hit.any(-1), listed, tail)
+    return stats.mean_probs.float().gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
@@ -138,9 +147,8 @@ class _EddCriterion(FairseqCriterion):
 
     @staticmethod
     def _ensemble_log(stats, target: Tensor, mask: Tensor) -> dict:
-        num_classes = stats.mean_probs.size(-1)
-        safe_target = target.masked_fill(~mask, 0).unsqueeze(-1)
-        p_ref = stats.mean_probs.float().gather(-1, safe_target).squeeze(-1)
+        num_classes = stats.num_classes if isinstance(stats, E.TopKEnsembleStats) else stats.mean_probs.size(-1)
+        p_ref = _mean_prob_of(stats, target.masked_fill(~mask, 0))
         ens_nll = -torch.log(p_ref.clamp_min(1e-30))
         precision = (num_classes - 1) / (2.0 * stats.rmi.float().clamp_min(0.0) + 1.1920929e-7)
         return {

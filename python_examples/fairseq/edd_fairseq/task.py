@@ -6,13 +6,14 @@ The task is fairseq's ``translation`` task plus teachers. Each training and vali
 * ``{"logits": [B, T, M, V], "temperature": T}`` — the M teachers' logits under teacher forcing on the
   batch's reference targets, computed on the fly (``torch.no_grad``, teachers in eval mode, optionally in
   float16/bfloat16 with ``--teacher-dtype``), or read back from the cache;
-* ``{"stats": {mean_probs, mean_log_probs [B, T, V], total, data, mutual_information, epkl, rmi [B, T]},
-  "num_members": M}`` — precomputed ensemble statistics (SPEC section 1) read from the cache.
+* ``{"stats": TopKEnsembleStats or EnsembleStats}`` — precomputed ensemble statistics (SPEC sections 1 and 1.1)
+  read from the cache, ``[B, T, ...]``.
 
 With ``--teacher-cache-dir DIR`` the teachers run once, in a first pass over each split before its first
-batch, and the results are stored in DIR (statistics for the criteria that need only those, every member's
-logits for the logit-space criteria); later epochs and later runs read them back and never load the
-teachers. Without it the teachers run on every batch.
+batch, and the results are stored in DIR with ``edd_ext.cache`` (the compact top-k statistics,
+``--teacher-cache-topk K``, by default K = 64, or the dense statistics with K = 0, for the criteria that need
+only statistics; every member's logits for the logit-space criteria); later epochs and later runs read them back
+and never load the teachers. Without it the teachers run on every batch.
 
 The teachers must share the student's target dictionary. They are loaded lazily (only when a batch needs
 them), so generation and scoring with a student trained by this task never load them.
@@ -32,9 +33,10 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from torch import Tensor
 
-import edd_ext as E
+from edd_ext import cache as C
 
-from .teacher_cache import TeacherCache, TeacherCachedDataset, _file_signature
+from . import teacher_cache
+from .teacher_cache import TeacherCachedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +59,13 @@ class DistillationConfig(TranslationConfig):
     teacher_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "run the teachers once per split and cache their outputs in this folder; "
                                         "later epochs read the cache instead of running them"})
-    teacher_cache_dtype: ChoiceEnum(["float32", "float16"]) = field(
-        default="float32", metadata={"help": "storage dtype of the teacher cache"})
+    teacher_cache_topk: int = field(
+        default=64, metadata={"help": "statistics-based criteria: cache the compact top-k statistics of this many "
+                                      "classes per token (8K + 28 bytes in float16); 0 caches the dense statistics "
+                                      "(2V + 5 numbers per token)"})
+    teacher_cache_dtype: ChoiceEnum(["float16", "bfloat16", "float32"]) = field(
+        default="float16", metadata={"help": "storage dtype of the cached values (top-k indices are int32, the "
+                                             "per-token measures float32)"})
     teacher_cache_max_tokens: int = field(
         default=4096, metadata={"help": "target tokens per teacher batch while building the cache"})
 
@@ -166,38 +173,25 @@ class DistillationTask(TranslationTask):
     def _ensure_cache(self, dataset: TeacherCachedDataset) -> None:
         if dataset.cache is not None or self._teacher_format is None:
             return  # already attached, or no criterion built (generation): leave the dataset plain
-        signature = {
-            "split": dataset.split,
-            "sentences": len(dataset),
-            "target_tokens": int(sum(int(n) for n in dataset.tgt_sizes)),
-            "num_classes": len(self.tgt_dict),
-            "teachers": [_file_signature(p) for p in self.teacher_paths] if self.teacher_paths else None,
-            "teacher_dtype": str(self.cfg.teacher_dtype),
-        }
-        if self._teacher_format == "stats":  # raw logits do not depend on these
-            signature.update(temperature=float(self.cfg.teacher_temperature),
-                             smoothing=float(self.cfg.teacher_smoothing))
-        cache = TeacherCache(self.cfg.teacher_cache_dir, dataset.split, self._teacher_format, signature,
-                             dtype=str(self.cfg.teacher_cache_dtype), temperature=self.cfg.teacher_temperature)
-        if not self.teacher_paths:
-            # Training from a cache alone: accept one built by any teachers, with the same options and data.
-            if not cache.is_complete(ignore=("teachers", "teacher_dtype")):
-                raise ValueError(f"--teacher-paths: no teachers given and the teacher cache for split "
-                                 f"{dataset.split!r} in {self.cfg.teacher_cache_dir} is missing or was built "
-                                 f"with other options or data")
-        elif not cache.is_complete():
-            logger.info("edd_distillation: first pass, caching teacher %s for split %r in %s",
-                        self._teacher_format, dataset.split, self.cfg.teacher_cache_dir)
-            device = self._student_device()
+        cfg = self.cfg
+        if cfg.teacher_cache_topk < 0:
+            raise ValueError(f"--teacher-cache-topk: expected an int >= 0, got {cfg.teacher_cache_topk}")
+        kind = teacher_cache.cache_kind(self._teacher_format == "logits", cfg.teacher_cache_topk)
+        teachers = ([dict(C.file_identity(p), dtype=str(cfg.teacher_dtype)) for p in self.teacher_paths]
+                    if self.teacher_paths else None)
+        device = self._student_device()
 
-            def run(sample):
-                sample = {"net_input": {k: v.to(device) for k, v in sample["net_input"].items()}}
-                return self.teacher_logits(sample)
+        def run(sample):
+            sample = {"net_input": {k: v.to(device) for k, v in sample["net_input"].items()}}
+            return self.teacher_logits(sample)
 
-            cache.build(dataset.dataset, run, num_members=self.num_teachers, num_classes=len(self.tgt_dict),
-                        temperature=float(self.cfg.teacher_temperature),
-                        smoothing=float(self.cfg.teacher_smoothing), stats_fn=E.ensemble_stats,
-                        max_tokens=self.cfg.teacher_cache_max_tokens)
+        cache = teacher_cache.open_or_build(
+            cfg.teacher_cache_dir, dataset.split, kind, dataset.dataset,
+            top_k=min(cfg.teacher_cache_topk, len(self.tgt_dict)),  # k = V: every class listed
+            temperature=float(cfg.teacher_temperature), smoothing=float(cfg.teacher_smoothing),
+            storage_dtype=str(cfg.teacher_cache_dtype), teachers=teachers,
+            fingerprint=teacher_cache.data_fingerprint(cfg.data, dataset.split), teacher_logits=run,
+            max_tokens=cfg.teacher_cache_max_tokens)
         dataset.attach(cache)
 
     def get_batch_iterator(self, dataset, *args, **kwargs):

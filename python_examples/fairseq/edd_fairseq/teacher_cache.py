@@ -1,182 +1,82 @@
-"""Teacher outputs computed once and kept on disk, so that later epochs never run the teachers.
+"""Teacher outputs computed once per split and kept on disk (``edd_ext.cache``), so that later epochs and later
+runs never run the teachers.
 
-A cache holds, for every target token of a dataset split (EOS included, in dataset order), either
+The cache holds, for every target token of a split (EOS included, in dataset order), one record of
 
-* ``"stats"``: the teacher-ensemble statistics of SPEC section 1 — ``mean_probs [V]``, ``mean_log_probs [V]``
-  and the five measures — one row of ``2V + 5`` numbers (enough for ``edd_ensemble_kl``,
-  ``edd_dirichlet_nll`` and ``edd_proxy_dirichlet_kl``), or
-* ``"logits"``: every member's raw logits, one row of ``M * V`` numbers (needed by the logit-space criteria:
-  the Laplace loss has no sufficient statistic).
+* ``"top_k"`` (``--teacher-cache-topk K``, the default K = 64): the compact :class:`edd_ext.TopKEnsembleStats` —
+  the K classes of largest ensemble mean probability with their mean probabilities and log-probabilities, the
+  tail's mass and mean log-probability, and the five measures (exact over the vocabulary): 8K + 28 bytes per token
+  in float16, whatever V. Every statistics-based criterion reads it directly;
+* ``"dense"`` (``--teacher-cache-topk 0``): the full :class:`edd_ext.EnsembleStats`, 2V + 5 numbers per token
+  (256 KB at V = 32k in float32);
+* ``"logits"``: every member's raw logits, M V numbers per token (the logit-space criteria need them).
 
-Files: ``{dir}/{split}.{mode}.npy`` (a ``[tokens, width]`` array, read memory-mapped) and
-``{dir}/{split}.{mode}.json`` (what it was computed from; it is written last, so a cache whose JSON is
-missing or does not match the current teachers, options or data is rebuilt).
+The cache directory has one sub-directory per split and record kind, ``{dir}/{split}.{kind}[-k{K}]``; its manifest
+records the teachers (checkpoint SHA-256 and the dtype they ran in), the options and the fingerprint of the split's
+binarised files, and a cache that does not match them is rebuilt. An interrupted build is resumed.
 """
 from __future__ import annotations
 
-import json
+import glob
 import logging
 import os
-import time
-from typing import Callable, Dict, Optional
+from typing import Callable, List, Optional
 
-import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
-from torch import Tensor
+
+from edd_ext import cache as C
 
 logger = logging.getLogger(__name__)
 
-MODES = ("stats", "logits")
-MEASURES = ("total", "data", "mutual_information", "epkl", "rmi")
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-__all__ = ["TeacherCache", "TeacherCachedDataset", "MODES"]
+__all__ = ["TeacherCachedDataset", "open_or_build", "cache_kind", "data_fingerprint"]
 
 
-def _file_signature(path: str) -> Dict[str, object]:
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def cache_kind(needs_member_logits: bool, top_k: int) -> str:
+    """The record kind a criterion needs: member logits, top-k statistics (top_k > 0) or dense statistics."""
+    if needs_member_logits:
+        return "logits"
+    return "top_k" if top_k > 0 else "dense"
 
 
-class TeacherCache:
-    """The on-disk teacher outputs of one split (see the module docstring).
+def data_fingerprint(data: str, split: str) -> str:
+    """The identity of a split: the SHA-256 of its binarised files (``{split}.*`` in every data directory)."""
+    files = sorted(f for path in data.split(os.pathsep) for f in glob.glob(os.path.join(path, f"{split}.*")))
+    return C.fingerprint(repr(C.file_identity(f)).encode() for f in files)
 
-    Args:
-        directory: folder of the cache files (created when missing).
-        split: dataset split name (``train``, ``valid``, ...).
-        mode: ``"stats"`` or ``"logits"``.
-        signature: everything the rows depend on (teachers, temperature, smoothing, sizes); a cache built
-            with another signature is rebuilt.
-        dtype: ``"float32"`` or ``"float16"`` storage.
-        temperature: handed to the criterion with cached logits (raw logits do not depend on it).
-    """
 
-    def __init__(self, directory: str, split: str, mode: str, signature: Dict[str, object], dtype: str = "float32",
-                 temperature: float = 1.0):
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        if dtype not in _NUMPY_DTYPES:
-            raise ValueError(f"teacher_cache_dtype: expected one of {tuple(_NUMPY_DTYPES)}, got {dtype!r}")
-        self.directory = directory
-        self.split = split
-        self.mode = mode
-        self.dtype = dtype
-        self.temperature = float(temperature)
-        self.signature = dict(signature, mode=mode, dtype=dtype)
-        self.data_path = os.path.join(directory, f"{split}.{mode}.npy")
-        self.tmp_path = os.path.join(directory, f"{split}.{mode}.tmp.npy")
-        self.meta_path = os.path.join(directory, f"{split}.{mode}.json")
-        self._rows: Optional[np.ndarray] = None
-        self._offsets: Optional[np.ndarray] = None
-        self._lengths: Optional[np.ndarray] = None
-
-    # -- building ------------------------------------------------------------------------------------
-    def is_complete(self, ignore=()) -> bool:
-        """Whether the files exist and were built with this signature (keys in ``ignore`` aside)."""
+def open_or_build(directory: str, split: str, kind: str, dataset, *, top_k: int, temperature: float,
+                  smoothing: float, storage_dtype: str, teachers: Optional[List[dict]], fingerprint: str,
+                  teacher_logits: Optional[Callable], max_tokens: int) -> C.TeacherCache:
+    """The split's cache: opened when it matches (teachers, options and data), else built (or resumed) by running
+    ``teacher_logits(sample) -> [B, T, M, V]`` over the split once. With ``teachers=None`` (no checkpoints given)
+    a cache built by any teachers with the same options and data is accepted, and a missing one is an error."""
+    lengths = [int(n) for n in dataset.tgt_sizes]
+    name = f"{split}.{kind}" + (f"-k{top_k}" if kind == "top_k" else "")
+    path = os.path.join(directory, name)
+    options = dict(kind=kind, top_k=top_k if kind == "top_k" else None, temperature=temperature,
+                   smoothing=smoothing if kind != "logits" else None, storage_dtype=storage_dtype)
+    if teachers is None:
         try:
-            with open(self.meta_path) as f:
-                meta = json.load(f)
-        except (OSError, ValueError):
-            return False
-        built = {k: v for k, v in meta.get("signature", {}).items() if k not in ignore}
-        wanted = {k: v for k, v in self.signature.items() if k not in ignore}
-        return built == wanted and os.path.exists(self.data_path)
+            return C.TeacherCache(path, expect=dict(options, lengths=lengths, data_fingerprint=fingerprint))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"--teacher-paths: no teachers given and the teacher cache for split {split!r} in "
+                             f"{directory} cannot be used: {exc}") from exc
 
-    def build(self, dataset, teacher_logits: Callable[[dict], Tensor], num_members: int, num_classes: int,
-              temperature: float, smoothing: float, stats_fn: Callable, max_tokens: int = 4096) -> None:
-        """Run the teachers over every sentence of ``dataset`` once and write the rows.
+    def run(indices):
+        sample = dataset.collater([dataset[i] for i in indices])
+        row = {i: b for b, i in enumerate(sample["id"].tolist())}  # the collater sorts by source length
+        return teacher_logits(sample)[torch.tensor([row[i] for i in indices])]
 
-        ``teacher_logits(sample) -> [B, T, M, V]`` runs the ensemble on a collated batch; ``stats_fn`` is
-        ``ensemble_stats``.
-        """
-        os.makedirs(self.directory, exist_ok=True)
-        if os.path.exists(self.meta_path):
-            os.remove(self.meta_path)
-        lengths = np.asarray(dataset.tgt_sizes, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        width = 2 * num_classes + len(MEASURES) if self.mode == "stats" else num_members * num_classes
-        rows = np.lib.format.open_memmap(
-            self.tmp_path, mode="w+", dtype=_NUMPY_DTYPES[self.dtype],
-            shape=(max(int(offsets[-1]), 1), width),
-        )
-        order = np.argsort(lengths, kind="stable")
-        start, done, began = 0, 0, time.time()
-        while start < len(order):
-            # Batches of similar length up to max_tokens target tokens.
-            end = start + 1
-            while end < len(order) and (end - start + 1) * lengths[order[end]] <= max_tokens:
-                end += 1
-            indices = order[start:end]
-            sample = dataset.collater([dataset[int(i)] for i in indices])
-            logits = teacher_logits(sample)  # [B, T, M, V]
-            mask = sample["target"].ne(dataset.tgt_dict.pad())
-            if self.mode == "stats":
-                stats = stats_fn(logits, temperature=temperature, smoothing=smoothing)
-                values = torch.cat([stats.mean_probs, stats.mean_log_probs]
-                                   + [getattr(stats, m).unsqueeze(-1) for m in MEASURES], dim=-1)
-            else:
-                values = logits.flatten(-2)
-            values = values[mask].float().cpu().numpy()  # [tokens of the batch, width], row-major order
-            ids = sample["id"].cpu().numpy()
-            pos = 0
-            for i in ids:
-                n = int(lengths[i])
-                rows[offsets[i]:offsets[i] + n] = values[pos:pos + n]
-                pos += n
-            if pos != len(values):
-                raise RuntimeError(f"teacher cache: {pos} rows placed but the batch has {len(values)} target "
-                                   f"tokens (dataset tgt_sizes disagree with the collated targets)")
-            done += len(indices)
-            start = end
-        rows.flush()
-        del rows
-        os.replace(self.tmp_path, self.data_path)
-        with open(self.meta_path, "w") as f:
-            json.dump({"signature": self.signature, "num_members": num_members, "num_classes": num_classes,
-                       "sentences": int(len(lengths)), "tokens": int(offsets[-1]), "width": width}, f, indent=1)
-        logger.info("teacher cache: wrote %s (%d sentences, %d tokens x %d, %s) in %.1fs", self.data_path,
-                    done, int(offsets[-1]), width, self.dtype, time.time() - began)
-
-    # -- reading -------------------------------------------------------------------------------------
-    def _open(self, lengths) -> None:
-        if self._rows is None:
-            self._rows = np.load(self.data_path, mmap_mode="r")
-            self._lengths = np.asarray(lengths, dtype=np.int64)
-            self._offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
-            np.cumsum(self._lengths, out=self._offsets[1:])
-            with open(self.meta_path) as f:
-                self.meta = json.load(f)
-
-    def lookup(self, ids: Tensor, target_mask: Tensor, lengths) -> dict:
-        """Teacher outputs of a collated batch: ``ids [B]`` (dataset indices), ``target_mask [B, T]``.
-
-        Returns ``{"logits": [B, T, M, V]}`` or ``{"stats": {field: tensor}, "num_members": M}``; padded
-        positions hold zeros (the criteria mask them).
-        """
-        self._open(lengths)
-        ids_np = ids.numpy()
-        rows = np.concatenate([self._rows[self._offsets[i]:self._offsets[i + 1]] for i in ids_np], axis=0)
-        if rows.shape[0] != int(target_mask.sum()):
-            raise RuntimeError(f"teacher cache {self.data_path}: {rows.shape[0]} cached rows for a batch with "
-                               f"{int(target_mask.sum())} target tokens; delete the cache to rebuild it")
-        width = rows.shape[1]
-        full = torch.zeros(target_mask.shape + (width,), dtype=torch.float32)
-        full[target_mask] = torch.from_numpy(rows.astype(np.float32, copy=False))
-        num_members, num_classes = self.meta["num_members"], self.meta["num_classes"]
-        if self.mode == "logits":
-            return {"logits": full.view(target_mask.shape + (num_members, num_classes)),
-                    "temperature": self.temperature}
-        v = num_classes
-        stats = {"mean_probs": full[..., :v], "mean_log_probs": full[..., v:2 * v]}
-        for k, m in enumerate(MEASURES):
-            stats[m] = full[..., 2 * v + k]
-        return {"stats": stats, "num_members": num_members}
+    logger.info("edd_distillation: teacher cache %s (%s) for split %r", path, kind, split)
+    return C.build_cache(path, lengths, run, kind=kind, top_k=top_k if kind == "top_k" else None,
+                         temperature=temperature, smoothing=smoothing, storage_dtype=storage_dtype,
+                         teachers=teachers, data_fingerprint=fingerprint, shard_size=4096, max_tokens=max_tokens,
+                         overwrite=True, progress=True)
 
 
 class TeacherCachedDataset(BaseWrapperDataset):
-    """A language-pair dataset whose batches carry ``sample["teacher"]`` read from a :class:`TeacherCache`.
+    """A language-pair dataset whose batches carry ``sample["teacher"]`` read from an ``edd_ext.cache`` cache.
 
     Until :meth:`attach` is called (by the ``edd_distillation`` task once it knows the criterion), it is the
     wrapped dataset unchanged.
@@ -185,7 +85,7 @@ class TeacherCachedDataset(BaseWrapperDataset):
     def __init__(self, dataset, split: str):
         super().__init__(dataset)
         self.split = split
-        self.cache: Optional[TeacherCache] = None
+        self.cache: Optional[C.TeacherCache] = None
 
     def __getattr__(self, name):
         # Attributes of the language-pair dataset (tgt_sizes, tgt_dict, src, ...) read through.
@@ -193,12 +93,17 @@ class TeacherCachedDataset(BaseWrapperDataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def attach(self, cache: TeacherCache) -> None:
+    def attach(self, cache: C.TeacherCache) -> None:
         self.cache = cache
 
     def collater(self, samples):
         sample = self.dataset.collater(samples)
-        if self.cache is not None and len(sample) > 0 and "target" in sample:
-            mask = sample["target"].ne(self.dataset.tgt_dict.pad())
-            sample["teacher"] = self.cache.lookup(sample["id"], mask, self.dataset.tgt_sizes)
+        if self.cache is None or len(sample) == 0 or "target" not in sample:
+            return sample
+        target = sample["target"]
+        record = self.cache.batch(sample["id"].tolist(), length=target.size(1))
+        if self.cache.kind == "logits":
+            sample["teacher"] = {"logits": record, "temperature": self.cache.temperature}
+        else:
+            sample["teacher"] = {"stats": record}
         return sample

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/cpu/vec.h"
@@ -55,6 +56,11 @@ EDD_CPU_INLINE void dirichlet_nll_block(const VecF& e, const VecF& mean_log_prob
   const VecGamma g = gamma_terms<true, true, false>(alpha);
   loss = g.lgamma - (e + k.c_minus_one) * mean_log_prob;
   grad = e * g.digamma - e * (k.digamma_alpha0 + mean_log_prob);
+  // l = -inf (a member gives the class probability 0): +inf, as dirichlet_nll_class
+  const VecF infinite = mean_log_prob == VecF(-std::numeric_limits<float>::infinity());
+  const VecF inf(std::numeric_limits<float>::infinity());
+  loss = VecF::blendv(loss, inf, infinite);
+  grad = VecF::blendv(grad, inf, infinite);
 }
 
 // ---- Proxy-Dirichlet KL (proxy_kl_class) ----
@@ -87,6 +93,15 @@ EDD_CPU_INLINE void proxy_kl_block(const VecF& e, const VecF& mean_prob, const P
   }
 }
 
+// ---- EnD baseline (ensemble_kl_class) ----
+EDD_CPU_INLINE void ensemble_kl_block(const VecF& z, const VecF& z_max, const VecF& z_log_sum, const VecF& mean_prob,
+                                      const VecF& log_mean_prob, VecF& loss, VecF& grad) {
+  const VecF zero(0.f);
+  const VecF log_q = (z - z_max) - z_log_sum;
+  loss = VecF::blendv(mean_prob * (log_mean_prob - log_q), zero, mean_prob == zero);
+  grad = exp_fast(log_q) - mean_prob;
+}
+
 // ---- Logit-space losses (gaussian_class, laplace_class) ----
 // Per-member normalisers of the targets x_mk = (u_mk / T - shift_m) - offset_m for every teacher_norm
 // (the SIMD form of loss_rows.h, scalar_target_normalizers): log_softmax through member_normalizers; center
@@ -100,12 +115,25 @@ void target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, fl
     offset[m] = 0.f;
     shift[m] = 0.f;
     if (norm != math::TeacherNorm::kCenter) continue;
+    // the mean of the logits other than -inf (math::finite_mean)
     const teacher_t* u = row + m * vocab;
-    ChunkedSum sum;
-    for (int64_t k = 0; k < body; k += kLanes) sum.push(load_float(u + k) * VecF(inv_t));
-    double total = sum.result();
-    for (int64_t k = body; k < vocab; ++k) total += double(float(u[k]) * inv_t);
-    shift[m] = float(total / double(vocab));
+    const VecF neg_inf(-std::numeric_limits<float>::infinity()), zero(0.f), one(1.f);
+    ChunkedSum sum, count;
+    for (int64_t k = 0; k < body; k += kLanes) {
+      const VecF x = load_float(u + k) * VecF(inv_t);
+      const VecF skip = x == neg_inf;
+      sum.push(VecF::blendv(x, zero, skip));
+      count.push(VecF::blendv(one, zero, skip));
+    }
+    double total = sum.result(), finite = count.result();
+    for (int64_t k = body; k < vocab; ++k) {
+      const float x = float(u[k]) * inv_t;
+      if (x != math::neg_inf<float>()) {
+        total += double(x);
+        finite += 1.0;
+      }
+    }
+    shift[m] = float(math::finite_mean(total, finite));
   }
 }
 
@@ -144,8 +172,12 @@ EDD_CPU_INLINE LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int
                                     const float* shift, const float* offset, const VecF& mu, const ScaleBlock& s,
                                     float inv_members) {
   const VecF pivot = target_block(row, 0, k, vocab, inv_t, shift, offset);
-  VecF sum_d(0.f);
-  for (int64_t m = 1; m < members; ++m) sum_d = sum_d + (target_block(row, m, k, vocab, inv_t, shift, offset) - pivot);
+  VecF sum_d(0.f), lowest = pivot;
+  for (int64_t m = 1; m < members; ++m) {
+    const VecF x = target_block(row, m, k, vocab, inv_t, shift, offset);
+    sum_d = sum_d + (x - pivot);
+    lowest = at::vec::minimum(lowest, x);
+  }
   const VecF inv_m(inv_members);
   const VecF mean_d = sum_d * inv_m;
   VecF spread(0.f);
@@ -161,6 +193,12 @@ EDD_CPU_INLINE LocScaleBlock gaussian_block(const teacher_t* row, int64_t k, int
   out.loss = s.log_scale + VecF(math::half_log_2pi<float>()) + VecF(0.5f) * z2;
   out.grad_loc = dev * inv_var;
   out.grad_log_scale = (VecF(1.f) - z2) * s.ratio;
+  // a target of -inf: +inf loss, gradients +inf and -inf (as math::gaussian_of)
+  const VecF inf(std::numeric_limits<float>::infinity());
+  const VecF infinite = lowest == inf.neg();
+  out.loss = VecF::blendv(out.loss, inf, infinite);
+  out.grad_loc = VecF::blendv(out.grad_loc, inf, infinite);
+  out.grad_log_scale = VecF::blendv(out.grad_log_scale, inf.neg(), infinite);
   return out;
 }
 

@@ -25,7 +25,7 @@ namespace cpu {
 //   x_mk = (u_mk / T - shift_m) - offset_m
 // log_softmax: shift = max_k u_mk / T, offset = ln sum_k exp(u_mk / T - shift)  (x = log-probabilities; the
 //              maximum is subtracted first so that large logits keep their digits)
-// center:      shift = mean_k u_mk / T (summed in float64), offset = 0
+// center:      shift = mean_k u_mk / T over the logits other than -inf (summed in float64), offset = 0
 // none:        shift = offset = 0
 template <typename teacher_t, typename acc_t>
 void scalar_target_normalizers(const teacher_t* row, int64_t members, int64_t vocab, acc_t inv_t,
@@ -38,9 +38,15 @@ void scalar_target_normalizers(const teacher_t* row, int64_t members, int64_t vo
       shift[m] = acc.max;
       offset[m] = acc_t(std::log(acc.sum));
     } else if (norm == math::TeacherNorm::kCenter) {
-      double sum = 0;
-      for (int64_t k = 0; k < vocab; ++k) sum += double(acc_t(u[k]) * inv_t);
-      shift[m] = acc_t(sum / double(vocab));
+      double sum = 0, finite = 0;  // the logits other than -inf (math::finite_mean)
+      for (int64_t k = 0; k < vocab; ++k) {
+        const acc_t x = acc_t(u[k]) * inv_t;
+        if (x != math::neg_inf<acc_t>()) {
+          sum += double(x);
+          finite += 1.0;
+        }
+      }
+      shift[m] = acc_t(math::finite_mean(sum, finite));
       offset[m] = acc_t(0);
     } else {
       shift[m] = acc_t(0);

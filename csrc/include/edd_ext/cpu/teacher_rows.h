@@ -22,6 +22,19 @@ struct TeacherOptions {
   float log1m_eps = 0.f, log_eps_over_v = 0.f;
 };
 
+// The float32 options of a statistics problem (EnsembleStatsProblem: temperature, members, smoothing in float64).
+template <typename Problem>
+TeacherOptions teacher_options(const Problem& p) {
+  TeacherOptions o;
+  o.inv_temperature = float(p.inv_temperature);
+  o.inv_members = float(p.inv_members);
+  o.log_members = float(p.log_members);
+  o.smooth = p.smooth;
+  o.log1m_eps = float(p.log1m_eps);
+  o.log_eps_over_v = float(p.log_eps_over_v);
+  return o;
+}
+
 // Member m's log-probabilities are l_mk = (u_mk / T - shift[m]) - log_sum[m]. Subtracting the maximum first
 // keeps l exact for large logits; the exponential sums are accumulated in double.
 // With `weights` ([M, V], optional) the SIMD body's w_mk = exp(u_mk / T - shift_m) are kept, and inv_sum_m =
@@ -77,8 +90,13 @@ void member_normalizers(const scalar_t* row, int64_t members, int64_t vocab, flo
   }
 }
 
+// A log-probability of -inf raised to the lowest finite float (one max instruction; NaN and finite values pass
+// unchanged), so that p l is 0 x finite = 0 for it (0 ln 0 = 0) and bitwise unchanged otherwise.
+EDD_CPU_INLINE VecF finite_log_prob(const VecF& l) { return fast_max(VecF(std::numeric_limits<float>::lowest()), l); }
+
 // The ensemble at kLanes classes [k, k + kLanes): mean probability p, mean log-probability E[l], E[p l]
-// and ln p (from the summed probabilities; from the largest member's l where they underflow).
+// and ln p (from the summed probabilities; from the largest member's l where they underflow). A member's
+// log-probability of -inf (probability 0) adds 0 to E[p l] (ensemble_math.h).
 struct TeacherBlock {
   VecF mean_prob, mean_log_prob, mean_p_log_p, log_mean_prob;
 };
@@ -94,7 +112,7 @@ EDD_CPU_INLINE TeacherBlock teacher_block(const scalar_t* row, int64_t k, int64_
     const VecF p = exp_fast(l);
     sp = sp + p;
     sl = sl + l;
-    spl = at::vec::fmadd(p, l, spl);
+    spl = at::vec::fmadd(p, finite_log_prob(l), spl);
     ml = at::vec::maximum(ml, l);
   }
   const VecF inv_m(o.inv_members), log_m(o.log_members);
@@ -119,7 +137,7 @@ EDD_CPU_INLINE TeacherBlock teacher_block_weighted(const scalar_t* row, const fl
     const VecF p = VecF::loadu(weights + m * vocab + k) * VecF(inv_sum[m]);
     sp = sp + p;
     sl = sl + l;
-    spl = at::vec::fmadd(p, l, spl);
+    spl = at::vec::fmadd(p, finite_log_prob(l), spl);
     ml = at::vec::maximum(ml, l);
   }
   const VecF inv_m(o.inv_members), log_m(o.log_members);
@@ -137,13 +155,51 @@ template <typename scalar_t, typename acc_t>
 inline math::ClassTerms<acc_t> teacher_class(const scalar_t* row, int64_t k, int64_t members, int64_t vocab,
                                              const acc_t* shift, const acc_t* log_sum, acc_t inv_t, bool smooth,
                                              acc_t log1m_eps, acc_t log_eps_v, acc_t inv_m, acc_t log_m) {
-  math::MemberMoments<acc_t> moments;
-  for (int64_t m = 0; m < members; ++m) {
-    acc_t l = (acc_t(row[m * vocab + k]) * inv_t - shift[m]) - log_sum[m];
-    if (smooth) l = math::smooth_log_prob(l, log1m_eps, log_eps_v);
-    moments.push(l);
+  return math::ensemble_class_terms(row, k, members, vocab, shift, log_sum, inv_t, smooth, log1m_eps, log_eps_v, inv_m,
+                                    log_m);
+}
+
+// One position's class pass of the ensemble statistics with float32 math (after member_normalizers): every
+// class's ensemble terms (teacher_block for the SIMD body, teacher_class for the row tail), the five measures
+// summed in float64 into `measures`, and each block and tail class handed to on_block(k, const TeacherBlock&)
+// and on_class(k, const math::ClassTerms<float>&).
+template <typename scalar_t, typename OnBlock, typename OnClass>
+void teacher_class_pass(const scalar_t* row, int64_t members, int64_t vocab, const float* shift, const float* log_sum,
+                        const TeacherOptions& o, double* measures, OnBlock&& on_block, OnClass&& on_class) {
+  const int64_t body = vocab - vocab % kLanes;
+  ChunkedSum sums[math::kNumMeasures];
+  for (int64_t k = 0; k < body; k += kLanes) {
+    const TeacherBlock b = teacher_block(row, k, members, vocab, shift, log_sum, o);
+    const VecF p_log_p = xmul(b.mean_prob, b.log_mean_prob);
+    sums[0].push(VecF(0.f) - p_log_p);
+    sums[1].push(VecF(0.f) - b.mean_p_log_p);
+    sums[2].push(clamp_rounding(b.mean_p_log_p - p_log_p));
+    sums[3].push(clamp_rounding(b.mean_p_log_p - xmul(b.mean_prob, b.mean_log_prob)));
+    sums[4].push(clamp_rounding(xmul(b.mean_prob, b.log_mean_prob - b.mean_log_prob)));
+    on_block(k, b);
   }
-  return moments.finish(inv_m, log_m);
+  for (int i = 0; i < math::kNumMeasures; ++i) measures[i] = sums[i].result();
+  for (int64_t k = body; k < vocab; ++k) {
+    const math::ClassTerms<float> t =
+        teacher_class<scalar_t, float>(row, k, members, vocab, shift, log_sum, o.inv_temperature, o.smooth, o.log1m_eps,
+                                       o.log_eps_over_v, o.inv_members, o.log_members);
+    for (int i = 0; i < math::kNumMeasures; ++i) measures[i] += double(t.measure[i]);
+    on_class(k, t);
+  }
+}
+
+// The same pass with the scalar math of acc_t (float64 inputs), after the member normalisers shift / log_sum.
+template <typename scalar_t, typename acc_t, typename OnClass>
+void teacher_class_pass_scalar(const scalar_t* row, int64_t members, int64_t vocab, const acc_t* shift,
+                               const acc_t* log_sum, acc_t inv_t, bool smooth, acc_t log1m_eps, acc_t log_eps_v,
+                               acc_t inv_m, acc_t log_m, double* measures, OnClass&& on_class) {
+  for (int i = 0; i < math::kNumMeasures; ++i) measures[i] = 0;
+  for (int64_t k = 0; k < vocab; ++k) {
+    const math::ClassTerms<acc_t> t = teacher_class<scalar_t, acc_t>(row, k, members, vocab, shift, log_sum, inv_t,
+                                                                     smooth, log1m_eps, log_eps_v, inv_m, log_m);
+    for (int i = 0; i < math::kNumMeasures; ++i) measures[i] += double(t.measure[i]);
+    on_class(k, t);
+  }
 }
 
 }  // namespace cpu

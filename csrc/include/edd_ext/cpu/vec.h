@@ -94,6 +94,9 @@ inline float horizontal_max(const VecF& v) {
 // max(x, 0) that keeps NaN (x86 max returns its second operand when either is NaN).
 inline VecF clamp_rounding(const VecF& x) { return at::vec::clamp_min(x, VecF(0.f)); }
 
+// p x with 0 x = 0 for every x (-inf included), as math::xmul; NaN in p propagates.
+inline VecF xmul(const VecF& p, const VecF& x) { return VecF::blendv(p * x, VecF(0.f), p == VecF(0.f)); }
+
 // ln(exp(a) + exp(b)) for finite b.
 inline VecF logaddexp(const VecF& a, const VecF& b) {
   const VecF hi = at::vec::maximum(a, b), lo = at::vec::minimum(a, b);
