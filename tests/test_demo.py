@@ -1,7 +1,8 @@
 """The end-to-end demo (``python -m edd_ext.demo``): the real ``--quick`` run through the command line
 (about 2 minutes on one core) checks the shape of the results table and that every number in it is finite;
 smaller runs (tiny vocabulary, model and step counts; 10-30 s each) cover reproducibility, the user-file
-path and the EnD² warm start; the corpus generator and the options are tested directly.
+path (with --bpe and --beam) and the EnD² warm start; the corpus generator and the options are tested directly.
+Decoding, subwords and the file checks have their own fast tests in test_demo_decode.py.
 """
 import json
 import math
@@ -100,19 +101,29 @@ def test_demo_is_reproducible(tmp_path):
 
 @pytest.mark.slow
 def test_demo_user_files(tmp_path):
+    """Raw text files with an OOD file, through --bpe (a joint SentencePiece model, BLEU on the decoded text)
+    and --beam 2 (n-best sequence measures), with the sizes taken from the data."""
+    pytest.importorskip("sentencepiece")
     corpus = demo_corpus.toy_corpus(vocab=100, train_size=200, test_size=16, seed=1, max_len=6)
     files = {}
     for name, sents in [("train.src", corpus.train_src), ("train.tgt", corpus.train_tgt),
                         ("test.src", corpus.test_src), ("test.tgt", corpus.test_tgt),
                         ("other.src", corpus.ood_src["foreign"])]:
         files[name] = tmp_path / name
-        files[name].write_text("\n".join(" ".join(s) for s in sents) + "\n")
+        files[name].write_text("\n".join(" ".join(s).capitalize() + "." for s in sents) + "\n")
     args = [a for a in TINY if a not in ("--vocab", "120")]
     args += ["--train-src", str(files["train.src"]), "--train-tgt", str(files["train.tgt"]),
              "--test-src", str(files["test.src"]), "--test-tgt", str(files["test.tgt"]),
-             "--ood-src", str(files["other.src"])]
+             "--ood-src", str(files["other.src"]), "--bpe", "80", "--beam", "2", "--device", "cpu"]
     out, stdout = _run_demo(args, tmp_path)
-    _check_results(out, stdout, ["permuted", "copy", "noise", "other"])
+    results = _check_results(out, stdout, ["permuted", "copy", "noise", "other"])
+    assert results["config"]["bleu_tokenize"] == "13a" and results["config"]["beam"] == 2
+    assert (out / "bpe.model").stat().st_size > 0 and "BPE" in results["corpus"]
+    assert results["examples"][0]["reference"] == files["test.tgt"].read_text().splitlines()[0]
+    sizes = results["sizes"]
+    assert sizes["decode_batches_by_length"] and sizes["batch_tokens"] > 0
+    assert sizes["decode_length_limit"]["ratio"] > 0 and results["environment"]["device"] == "cpu"
+    assert set(results["estimate"]["seconds"]) == {"teachers_s", "students_s", "evaluation_s", "total_s"}
 
 
 def test_toy_corpus_is_deterministic_and_ambiguous():
