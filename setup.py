@@ -166,8 +166,10 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.6", "numpy", "tqdm", "sacrebleu>=2", "safetensors"],
     extras_require={
-        "test": ["pytest", "hypothesis", "scipy", "scikit-learn", "matplotlib", "expecttest"],
+        "test": ["pytest", "hypothesis", "scipy", "scikit-learn", "matplotlib", "expecttest", "sentencepiece==0.2.3"],
         "plot": ["matplotlib"],
+        # the demo's --bpe (joint subword vocabularies); the version the demo was run and tested with
+        "bpe": ["sentencepiece==0.2.3"],
         # fairseq-fixed itself must be built against the installed torch and without its torchaudio dependency:
         # `bash .ci/install_fairseq.sh PYTHON` does both (see python_examples/fairseq/README.md).
         "fairseq": ["hydra-core==1.3.2", "omegaconf==2.3.0", "bitarray", "regex", "sacrebleu>=2"],

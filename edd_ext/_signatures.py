@@ -216,3 +216,41 @@ def implements(stub: Callable, *, note: str = "") -> Callable[[Callable], Callab
         return wrapper
 
     return decorate
+
+
+_LINEAR_NOTE = """
+    Fused linear form (SPEC section 2.5): the loss of the student's output layer(s) applied to ``input``, computed
+    chunk by chunk over the positions so that no ``[*, V]`` student tensor is kept, with gradients for ``input``, the
+    weight(s) and the bias(es). ``teacher`` may also be :class:`~edd_ext.LinearTeachers` (the teachers' last hidden
+    states and output layers): then no ``[*, M, V]`` teacher tensor exists either. ``chunk_size``: positions per
+    chunk (None: from V, M and D; see :mod:`edd_ext.linear`). The other keywords are those of
+    :func:`edd_ext.{loss}`:
+"""
+
+
+def linear_stub(loss: str) -> Callable:
+    """The stub of ``linear_<loss>``, the fused linear form of the loss ``<loss>``: the student tensors become
+    ``input`` and the output layer(s) (``linear_weight``; ``loc_weight`` and ``log_scale_weight`` for the logit-space
+    losses), the teacher is ``teacher``, the bias(es) and ``chunk_size`` are keywords (default None), then come the
+    loss's own keywords with their defaults. Its docstring is the linear form's, then the loss's."""
+    stub = LOSSES[loss]
+    heads = ("loc", "log_scale") if loss.startswith("logit_") else ("linear",)
+    positional = ["input", *(f"{h}_weight" for h in heads), "teacher"]
+    keyword = [*(f"{h}_bias" for h in heads), "chunk_size"]
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in positional]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in keyword]
+    params += [p for p in inspect.signature(stub).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    student = ", ".join(f"F.linear(input, {h}_weight, {h}_bias)" for h in heads)
+
+    def linear_stub(*args, **kwargs):  # never called
+        raise NotImplementedError
+
+    linear_stub.__name__ = linear_stub.__qualname__ = f"linear_{loss}"
+    linear_stub.__signature__ = inspect.Signature(params, return_annotation=Tensor)
+    shapes = (f"input: ``[*, D]``; {', '.join(h + '_weight' for h in heads)}: ``[V, D]``; "
+              f"{', '.join(h + '_bias' for h in heads)}: ``[V]``;\n        teacher: as for "
+              f":func:`edd_ext.{loss}`, or :class:`~edd_ext.LinearTeachers`.")
+    linear_stub.__doc__ = (f":func:`edd_ext.{loss}` of ``{student}``, fused with the output layer(s) and chunked.\n"
+                           + _LINEAR_NOTE.format(loss=loss) + "\n    " + (stub.__doc__ or "")
+                           + f"\n    Linear form:\n        {shapes}\n")
+    return linear_stub

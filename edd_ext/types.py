@@ -1,16 +1,17 @@
-"""Result types shared by the statistics, the losses and the uncertainty measures.
+"""Result types shared by the statistics, the losses and the uncertainty measures, and the teachers of the fused
+linear losses.
 
 They are ``NamedTuple`` s so that they travel through ``torch.compile(fullgraph=True)``,
 ``torch.save`` and ``tuple``-based code unchanged.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
 __all__ = ["Uncertainty", "DirichletUncertainty", "EnsembleStats", "TopKEnsembleStats", "TopKLogitTargets",
-           "MEASURE_NAMES"]
+           "LinearTeachers", "MEASURE_NAMES"]
 
 #: Field order of the five measures every uncertainty set carries (and of the ``[*, 5]`` kernel output).
 MEASURE_NAMES = ("total", "data", "mutual_information", "epkl", "rmi")
@@ -135,3 +136,37 @@ class TopKLogitTargets(NamedTuple):
     @property
     def top_k(self) -> int:
         return self.indices.shape[-1]
+
+
+class LinearTeachers(NamedTuple):
+    """The teachers of a fused linear loss (``edd_ext.linear_*``) as their last hidden states and output layers,
+    so that their ``[*, M, V]`` logits are only ever formed one chunk of positions at a time.
+
+    Stacked (members of one hidden width D):
+        input: ``[*, M, D]``; linear_weight: ``[M, V, D]`` (``nn.Linear`` layout per member);
+        linear_bias: ``[M, V]`` or None.
+    Per member (widths may differ), sequences of length M:
+        input: M tensors ``[*, D_m]``; linear_weight: M tensors ``[V, D_m]``; linear_bias: None, or M entries
+        ``[V]`` / None. :meth:`from_pairs` builds this form from ``(input, linear_weight[, linear_bias])`` tuples.
+
+    Member m's logits are ``input_m @ linear_weight_m.T + linear_bias_m``. The teachers are constants: no gradient
+    reaches these tensors.
+    """
+
+    input: Union[Tensor, Sequence[Tensor]]
+    linear_weight: Union[Tensor, Sequence[Tensor]]
+    linear_bias: Union[Tensor, Sequence[Optional[Tensor]], None] = None
+
+    @classmethod
+    def from_pairs(cls, members: Sequence[Tuple[Tensor, ...]]) -> LinearTeachers:
+        """The per-member form from M tuples ``(input [*, D_m], linear_weight [V, D_m])`` or
+        ``(input, linear_weight, linear_bias [V] | None)``."""
+        members = [tuple(m) for m in members]
+        for m, pair in enumerate(members):
+            if len(pair) not in (2, 3):
+                raise ValueError(
+                    f"members[{m}]: expected (input, linear_weight) or (input, linear_weight, linear_bias), "
+                    f"got a tuple of {len(pair)}"
+                )
+        members = [pair + (None,) * (3 - len(pair)) for pair in members]
+        return cls([m[0] for m in members], [m[1] for m in members], [m[2] for m in members])

@@ -1,7 +1,8 @@
 """The end-to-end demo (``python -m edd_ext.demo``): the real ``--quick`` run through the command line
 (about 2 minutes on one core) checks the shape of the results table and that every number in it is finite;
 smaller runs (tiny vocabulary, model and step counts; 10-30 s each) cover reproducibility, the user-file
-path and the EnD² warm start; the corpus generator and the options are tested directly.
+path (with --bpe and --beam) and the EnD² warm start; the corpus generator and the options are tested directly.
+Decoding, subwords and the file checks have their own fast tests in test_demo_decode.py.
 """
 import json
 import math
@@ -100,19 +101,29 @@ def test_demo_is_reproducible(tmp_path):
 
 @pytest.mark.slow
 def test_demo_user_files(tmp_path):
+    """Raw text files with an OOD file, through --bpe (a joint SentencePiece model, BLEU on the decoded text)
+    and --beam 2 (n-best sequence measures), with the sizes taken from the data."""
+    pytest.importorskip("sentencepiece")
     corpus = demo_corpus.toy_corpus(vocab=100, train_size=200, test_size=16, seed=1, max_len=6)
     files = {}
     for name, sents in [("train.src", corpus.train_src), ("train.tgt", corpus.train_tgt),
                         ("test.src", corpus.test_src), ("test.tgt", corpus.test_tgt),
                         ("other.src", corpus.ood_src["foreign"])]:
         files[name] = tmp_path / name
-        files[name].write_text("\n".join(" ".join(s) for s in sents) + "\n")
+        files[name].write_text("\n".join(" ".join(s).capitalize() + "." for s in sents) + "\n")
     args = [a for a in TINY if a not in ("--vocab", "120")]
     args += ["--train-src", str(files["train.src"]), "--train-tgt", str(files["train.tgt"]),
              "--test-src", str(files["test.src"]), "--test-tgt", str(files["test.tgt"]),
-             "--ood-src", str(files["other.src"])]
+             "--ood-src", str(files["other.src"]), "--bpe", "80", "--beam", "2", "--device", "cpu"]
     out, stdout = _run_demo(args, tmp_path)
-    _check_results(out, stdout, ["permuted", "copy", "noise", "other"])
+    results = _check_results(out, stdout, ["permuted", "copy", "noise", "other"])
+    assert results["config"]["bleu_tokenize"] == "13a" and results["config"]["beam"] == 2
+    assert (out / "bpe.model").stat().st_size > 0 and "BPE" in results["corpus"]
+    assert results["examples"][0]["reference"] == files["test.tgt"].read_text().splitlines()[0]
+    sizes = results["sizes"]
+    assert sizes["decode_batches_by_length"] and sizes["batch_tokens"] > 0
+    assert sizes["decode_length_limit"]["ratio"] > 0 and results["environment"]["device"] == "cpu"
+    assert set(results["estimate"]["seconds"]) == {"teachers_s", "students_s", "evaluation_s", "total_s"}
 
 
 def test_toy_corpus_is_deterministic_and_ambiguous():
@@ -249,3 +260,53 @@ def test_demo_fails_loudly_when_an_uncertainty_measure_breaks(monkeypatch, tmp_p
                               "--output-dir", str(tmp_path)])
     with pytest.raises(FloatingPointError, match="MI"):
         run(args)
+
+
+def test_linear_losses_train_the_students_as_the_logit_path_does():
+    """--linear-losses: every student's loss and gradients through the fused linear losses (decoder states, output
+    layers, the teachers as LinearTeachers) equal the logit path's to rounding, and so do short training runs."""
+    import numpy as np
+    import torch
+
+    from edd_ext.demo.model import Seq2Seq
+    from edd_ext.demo.train import (
+        METHODS,
+        batches,
+        linear_teachers,
+        student_linear_loss,
+        student_loss,
+        teacher_logits,
+        train_students,
+    )
+
+    cfg, teachers, src, tgt = _tiny_setup()
+    torch.manual_seed(1)
+    students = {m: Seq2Seq(cfg, log_scale_head=METHODS[m][1]) for m in METHODS}
+    batch = next(batches(src, tgt, 8, 1, np.random.default_rng(0)))
+    logits = teacher_logits(teachers, batch.src, batch.prev)
+    stats = edd_ext.ensemble_stats(logits)
+    members = linear_teachers(teachers, batch.src, batch.prev)
+    for name, model in students.items():
+        params = list(model.parameters())
+        want = student_loss(name, model(batch.src, batch.prev), logits, stats, batch.mask)
+        want_grads = torch.autograd.grad(want, params, allow_unused=True)
+        got = student_linear_loss(name, model, batch, members)
+        got_grads = torch.autograd.grad(got, params, allow_unused=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for g, w in zip(got_grads, want_grads):
+            assert (g is None) == (w is None), name
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+    kw = dict(steps=4, batch_size=8, lr=1e-3, seed=0, progress=False)
+    runs = []
+    for linear in (False, True):
+        torch.manual_seed(1)
+        trained = {m: Seq2Seq(cfg, log_scale_head=METHODS[m][1]) for m in METHODS}
+        runs.append((trained, train_students(trained, teachers, src, tgt, linear=linear, **kw)))
+    (logit_models, logit_info), (linear_models, linear_info) = runs
+    for name in METHODS:
+        assert math.isclose(linear_info[name]["final_loss"], logit_info[name]["final_loss"], rel_tol=1e-5), name
+        # Adam divides by the gradient's size, so rounding in near-zero gradients moves a weight by up to ~lr
+        for (key, a), b in zip(logit_models[name].state_dict().items(), linear_models[name].state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=0, atol=kw["lr"], msg=lambda m, what=f"{name}.{key}": f"{what}: {m}")

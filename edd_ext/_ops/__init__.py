@@ -8,6 +8,8 @@ and beside it the op's ``torch.library.register_fake`` (shapes and dtypes, for `
 * ``_ops.stats``        ``ensemble_stats``, ``ensemble_uncertainty``
 * ``_ops.losses``       ``dirichlet_nll``, ``proxy_dirichlet_kl``, ``logit_nll``, ``ensemble_kl``
 * ``_ops.uncertainty``  ``dirichlet_uncertainty``, ``logit_distribution_uncertainty``
+* ``_ops.linear``       ``linear_loss`` (a Python ``torch.library.custom_op`` over the loss ops: the fused linear
+                        losses, chunked over positions)
 * ``_ops.topk``         ``topk_ensemble_stats`` and the losses that read top-k statistics (``topk_*``)
 * ``_ops.testing``      the test-only ops (special functions, Philox) of ``torch.ops.edd_ext_testing``
 
@@ -94,4 +96,4 @@ def stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # The op-family modules register fake kernels and autograd at import; they need the loaded ops.
-from . import losses, stats, testing, topk, uncertainty  # noqa: E402,F401
+from . import linear, losses, stats, testing, topk, uncertainty  # noqa: E402,F401

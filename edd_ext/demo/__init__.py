@@ -5,9 +5,11 @@ small transformer translation models, distils it into one student per method (En
 logit Gaussian, logit Laplace) with the library's losses, and evaluates BLEU, prediction rejection and
 out-of-distribution detection for the ensemble, a single model and every student.
 
-Modules: ``corpus`` (data), ``model`` (the transformer), ``train`` (teachers and students), ``decode``
-(greedy decoding and uncertainty scoring), ``evaluate`` (metrics), ``report`` (table, JSON, figure).
-Every library call goes through the public ``edd_ext`` API.
+Modules: ``corpus`` (data and the checks of the user's files), ``subword`` (``--bpe``: SentencePiece),
+``model`` (the transformer and its incremental decoder states), ``train`` (teachers and students), ``decode``
+(greedy and beam-search decoding, uncertainty scoring), ``evaluate`` (metrics), ``plan`` (the up-front time
+estimate), ``report`` (table, JSON, figure). Every library call goes through the public ``edd_ext`` API, on
+the ``--device`` the run uses.
 """
 from typing import List, Optional
 

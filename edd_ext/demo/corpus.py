@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,10 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 
 Sentence = List[str]
+
+
+class DataError(ValueError):
+    """A problem with the user's data files or data options (the message names the option and the file)."""
 
 
 class Dictionary:
@@ -69,10 +73,22 @@ class Corpus:
     test_tgt: List[Sentence]
     ood_src: Dict[str, List[Sentence]] = field(default_factory=dict)
     description: str = ""
+    #: tokens -> text for BLEU (default: joined by spaces; subword corpora decode their pieces)
+    detokenize: Optional[Callable[[Sentence], str]] = None
+    #: the test references as text (default: the detokenised ``test_tgt``)
+    references: Optional[List[str]] = None
+    #: what was dropped or cut while reading the data, for the log
+    notes: List[str] = field(default_factory=list)
 
     @property
     def vocab_size(self) -> int:
         return len(self.dictionary)
+
+    def text(self, tokens: Sentence) -> str:
+        return (self.detokenize or " ".join)(tokens)
+
+    def reference_text(self) -> List[str]:
+        return self.references if self.references is not None else [self.text(t) for t in self.test_tgt]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,9 +246,30 @@ def synthetic_ood(test_src: List[Sentence], test_tgt: List[Sentence], dictionary
 # --------------------------------------------------------------------------------------------------
 # User files
 # --------------------------------------------------------------------------------------------------
-def read_lines(path: str) -> List[Sentence]:
-    with open(path, encoding="utf-8") as f:
-        return [line.split() for line in f]
+def read_lines(path: str, flag: str = "") -> List[Sentence]:
+    """Whitespace-tokenised lines of a UTF-8 text file.
+
+    Raises DataError naming the option (``flag``) and the file when it is missing, not UTF-8 text (with the
+    line) or has no non-blank line.
+    """
+    name = f"{flag} {path}" if flag else str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read().split(b"\n")
+    except OSError as e:
+        raise DataError(f"{name}: cannot read the file ({e.strerror})") from None
+    if raw and raw[-1] == b"":
+        raw.pop()
+    lines = []
+    for number, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8").split())
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}: expected UTF-8 text, line {number} has the byte "
+                             f"0x{line[e.start]:02x} at column {e.start + 1}") from None
+    if not any(lines):
+        raise DataError(f"{name}: the file is empty (expected one sentence per line)")
+    return lines
 
 
 def add_ood_files(ood: Dict[str, List[Sentence]], paths: Sequence[str]) -> None:
@@ -241,7 +278,7 @@ def add_ood_files(ood: Dict[str, List[Sentence]], paths: Sequence[str]) -> None:
         name = Path(p).stem
         while name in ood:
             name += "_"
-        ood[name] = read_lines(p)
+        ood[name] = read_lines(p, "--ood-src")
 
 
 def file_corpus(train_src: str, train_tgt: str, test_src: str, test_tgt: str,
@@ -252,13 +289,21 @@ def file_corpus(train_src: str, train_tgt: str, test_src: str, test_tgt: str,
     (specials included) when given; others map to ``<unk>``. Besides the user's OOD files, the
     ``permuted``, ``copy`` and ``noise`` sets are derived from the test set.
     """
-    data = {name: read_lines(p) for name, p in
-            dict(train_src=train_src, train_tgt=train_tgt, test_src=test_src, test_tgt=test_tgt).items()}
+    paths = dict(train_src=train_src, train_tgt=train_tgt, test_src=test_src, test_tgt=test_tgt)
+    data = {name: read_lines(p, "--" + name.replace("_", "-")) for name, p in paths.items()}
     for a, b in (("train_src", "train_tgt"), ("test_src", "test_tgt")):
         if len(data[a]) != len(data[b]):
-            raise ValueError(f"--{a.replace('_', '-')} has {len(data[a])} lines but "
-                             f"--{b.replace('_', '-')} has {len(data[b])}")
+            raise DataError(f"--{a.replace('_', '-')} {paths[a]} has {len(data[a])} lines but "
+                             f"--{b.replace('_', '-')} {paths[b]} has {len(data[b])}: the files are not aligned "
+                             "line by line")
     keep = [i for i, (s, t) in enumerate(zip(data["train_src"], data["train_tgt"])) if s and t]
+    notes = []
+    if len(keep) < len(data["train_src"]):
+        dropped = len(data["train_src"]) - len(keep)
+        if dropped > len(data["train_src"]) // 2:
+            raise DataError(f"--train-src {train_src} / --train-tgt {train_tgt}: {dropped} of "
+                             f"{len(data['train_src'])} line pairs have an empty side; the files look misaligned")
+        notes.append(f"dropped {dropped} training pairs with an empty side")
     tr_s = [data["train_src"][i] for i in keep]
     tr_t = [data["train_tgt"][i] for i in keep]
     counts = collections.Counter(w for s in tr_s + tr_t for w in s)
@@ -268,6 +313,31 @@ def file_corpus(train_src: str, train_tgt: str, test_src: str, test_tgt: str,
     dictionary = Dictionary(words)
     ood = synthetic_ood(data["test_src"], data["test_tgt"], dictionary, seed)
     add_ood_files(ood, ood_src)
-    description = (f"files {train_src}/{train_tgt}: V={len(dictionary)}, {len(tr_s)} train / "
-                   f"{len(data['test_src'])} test sentences")
-    return Corpus(dictionary, tr_s, tr_t, data["test_src"], data["test_tgt"], ood, description)
+    description = (f"files {train_src} / {train_tgt}: {len(tr_s)} train / {len(data['test_src'])} test sentences, "
+                   f"V={len(dictionary)} word types")
+    return Corpus(dictionary, tr_s, tr_t, data["test_src"], data["test_tgt"], ood, description, notes=notes)
+
+
+def limit_lengths(corpus: Corpus, max_tokens: int) -> None:
+    """Keep every sentence within ``max_tokens`` tokens: training pairs with a longer side are dropped, longer
+    test and OOD sources are cut (their references stay whole); each change is added to ``corpus.notes``."""
+    keep = [i for i, (s, t) in enumerate(zip(corpus.train_src, corpus.train_tgt))
+            if len(s) <= max_tokens and len(t) <= max_tokens]
+    dropped = len(corpus.train_src) - len(keep)
+    if dropped == len(corpus.train_src):
+        raise DataError(f"--max-sentence-tokens: every training pair has a side longer than {max_tokens} tokens")
+    if dropped:
+        corpus.train_src = [corpus.train_src[i] for i in keep]
+        corpus.train_tgt = [corpus.train_tgt[i] for i in keep]
+        corpus.notes.append(f"dropped {dropped} training pairs longer than {max_tokens} tokens "
+                            "(--max-sentence-tokens)")
+    for name, sents in [("test", corpus.test_src), *corpus.ood_src.items()]:
+        cut = sum(len(s) > max_tokens for s in sents)
+        if cut:
+            sents[:] = [s[:max_tokens] for s in sents]
+            corpus.notes.append(f"cut {cut} {name} sources to {max_tokens} tokens (--max-sentence-tokens)")
+
+
+def length_ratio(src: Sequence[Sentence], tgt: Sequence[Sentence], quantile: float = 0.99) -> float:
+    """The ``quantile`` of target/source length ratios over the pairs (for the decoding length limit)."""
+    return float(np.quantile([len(t) / max(1, len(s)) for s, t in zip(src, tgt)], quantile))

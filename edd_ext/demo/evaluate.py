@@ -12,23 +12,27 @@ import sacrebleu
 from edd_ext import metrics
 
 from .corpus import Corpus
-from .decode import System, decode_set
+from .decode import LengthLimit, System, decode_set
 
 
-def evaluate_system(system: System, corpus: Corpus, *, batch_size: int, max_len: int, bleu_tokenize: str = "none",
-                    progress: bool = True) -> Dict:
+def evaluate_system(system: System, corpus: Corpus, *, max_len: LengthLimit, width: int, beam: int = 1,
+                    by_length: bool = False, device=None, bleu_tokenize: str = "none", progress: bool = True) -> Dict:
     """Decode the in-domain test set and every OOD set with ``system`` and compute its metrics.
+
+    ``max_len``, ``width``, ``beam``, ``by_length`` and ``device`` go to ``decode.decode_set``. BLEU and the
+    per-sentence errors are computed on text: hypotheses through ``corpus.text`` (subword pieces decoded
+    back), references from ``corpus.reference_text()``.
 
     Returns a dict with ``bleu``, ``decode_s`` (decoding + uncertainty scoring of all sets), ``prr``
     (measure -> PRR), ``auroc`` (measure -> OOD set -> AUROC), and the raw per-sentence arrays
     ``scores`` / ``errors`` used for the figure.
     """
     d = corpus.dictionary
+    options = dict(max_len=max_len, width=width, beam=beam, by_length=by_length, device=device, progress=progress)
     test_ids = [d.encode(s) for s in corpus.test_src]
-    hyps, id_scores, seconds = decode_set(system, test_ids, batch_size=batch_size, max_len=max_len,
-                                          desc=f"{system.name}: test", progress=progress)
-    hyp_text = [" ".join(d.decode(h)) for h in hyps]
-    ref_text = [" ".join(t) for t in corpus.test_tgt]
+    hyps, id_scores, seconds = decode_set(system, test_ids, desc=f"{system.name}: test", **options)
+    hyp_text = [corpus.text(d.decode(h)) for h in hyps]
+    ref_text = corpus.reference_text()
     bleu = sacrebleu.corpus_bleu(hyp_text, [ref_text], tokenize=bleu_tokenize).score
     errors = metrics.sentence_error_from_bleu(hyp_text, ref_text, tokenize=bleu_tokenize)
     with warnings.catch_warnings():
@@ -38,8 +42,7 @@ def evaluate_system(system: System, corpus: Corpus, *, batch_size: int, max_len:
     ood_scores = {}
     for name, sentences in corpus.ood_src.items():
         ids = [d.encode(s) for s in sentences]
-        _, scores, t = decode_set(system, ids, batch_size=batch_size, max_len=max_len,
-                                  desc=f"{system.name}: {name}", progress=progress)
+        _, scores, t = decode_set(system, ids, desc=f"{system.name}: {name}", **options)
         seconds += t
         ood_scores[name] = {m: v.numpy() for m, v in scores.items()}
         for m in system.measures:
@@ -64,4 +67,5 @@ def mean_auroc(result: Dict) -> Dict[str, float]:
 
 
 def sample_translations(corpus: Corpus, n: int = 3) -> List[Dict[str, str]]:
-    return [{"source": " ".join(s), "reference": " ".join(t)} for s, t in zip(corpus.test_src[:n], corpus.test_tgt[:n])]
+    return [{"source": corpus.text(s), "reference": r}
+            for s, r in zip(corpus.test_src[:n], corpus.reference_text()[:n])]

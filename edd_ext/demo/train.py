@@ -21,6 +21,11 @@ is then trained with the Dirichlet NLL for the same number of steps, with a fres
 keeps Adam from taking the NLL's ~1e3x larger gradients at the EnD state's step sizes) at a third of the
 learning rate; its reported training time includes the EnD phase. ``end2_init="scratch"`` reproduces the
 collapse.
+
+With ``linear=True`` every student is trained through the fused linear losses (``edd_ext.linear_*``): the loss
+takes the student's last decoder states and its output layer(s), and the teachers as ``edd_ext.LinearTeachers``
+(their decoder states and output layers), so neither the ``[B, T, V]`` student logits nor the ``[B, T, M, V]``
+teacher logits are formed; the objectives, and so the results to rounding, are the same.
 """
 from __future__ import annotations
 
@@ -58,6 +63,9 @@ class Batch:
     mask: Tensor  # [B, T]  True at real target tokens
     index: Optional[np.ndarray] = None  # [B] the sentences' corpus indices (batches() sets it)
 
+    def to(self, device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.src, self.prev, self.target, self.mask)), index=self.index)
+
 
 def pad(rows: Sequence[Sequence[int]], value: int = PAD) -> Tensor:
     width = max(1, max(len(r) for r in rows))
@@ -74,8 +82,12 @@ def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Ba
 
 
 def batches(src: List[List[int]], tgt: List[List[int]], batch_size: int, steps: int,
-            rng: np.random.Generator) -> Iterator[Batch]:
-    """``steps`` batches sampled by shuffled epochs."""
+            rng: np.random.Generator, max_tokens: Optional[int] = None) -> Iterator[Batch]:
+    """``steps`` batches sampled by shuffled epochs: ``batch_size`` sentences each, or, with ``max_tokens``,
+    batches of similar lengths with at most ``max_tokens`` padded tokens (source + target) each."""
+    if max_tokens:
+        yield from _token_batches(src, tgt, max_tokens, steps, rng)
+        return
     order = np.empty(0, dtype=np.int64)
     for _ in range(steps):
         if len(order) < batch_size:
@@ -84,6 +96,33 @@ def batches(src: List[List[int]], tgt: List[List[int]], batch_size: int, steps: 
         batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx])
         batch.index = idx
         yield batch
+
+
+def _token_batches(src, tgt, max_tokens: int, steps: int, rng: np.random.Generator) -> Iterator[Batch]:
+    """Each epoch: shuffle, sort pools of about 50 batches by length, cut them into batches of at most
+    ``max_tokens`` padded tokens (rows x longest source-plus-target; one pair at least), shuffle the batches."""
+    lengths = np.array([len(s) + len(t) + 1 for s, t in zip(src, tgt)])
+    pool = max(1, 50 * max_tokens // max(1, int(lengths.mean())))
+    done = 0
+    while True:
+        order = rng.permutation(len(src))
+        epoch: List[List[int]] = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start:start + pool].tolist(), key=lambda i: lengths[i])
+            rows: List[int] = []
+            for i in chunk:
+                if rows and (len(rows) + 1) * lengths[i] > max_tokens:
+                    epoch.append(rows)
+                    rows = []
+                rows.append(i)
+            epoch.append(rows)
+        for j in rng.permutation(len(epoch)):
+            if done == steps:
+                return
+            batch = make_batch([src[i] for i in epoch[j]], [tgt[i] for i in epoch[j]])
+            batch.index = np.asarray(epoch[j])
+            yield batch
+            done += 1
 
 
 def _optimizer(model: torch.nn.Module, lr: float, steps: int):
@@ -107,15 +146,18 @@ def _step(model, opt, sched, loss: Tensor, clip: float = 1.0) -> None:
 
 
 def train_teacher(model: Seq2Seq, src, tgt, *, steps: int, batch_size: int, lr: float, seed: int,
-                  label_smoothing: float = 0.1, desc: str = "teacher", progress: bool = True) -> Dict[str, float]:
+                  label_smoothing: float = 0.1, desc: str = "teacher", progress: bool = True,
+                  max_tokens: Optional[int] = None) -> Dict[str, float]:
     """Maximum-likelihood training of one teacher; its seed sets the data order (the init is set by the caller)."""
     model.train()
+    device = model.embed.weight.device
     opt, sched = _optimizer(model, lr, steps)
     rng = np.random.default_rng([seed, 10])
     start, loss_avg = time.perf_counter(), float("nan")
-    bar = tqdm(batches(src, tgt, batch_size, steps, rng), total=steps, desc=desc, disable=not progress,
+    bar = tqdm(batches(src, tgt, batch_size, steps, rng, max_tokens), total=steps, desc=desc, disable=not progress,
                leave=False, dynamic_ncols=True)
     for i, b in enumerate(bar):
+        b = b.to(device)
         logits, _ = model(b.src, b.prev)
         loss = F.cross_entropy(logits.flatten(0, 1), b.target.flatten(), ignore_index=PAD,
                                label_smoothing=label_smoothing)
@@ -144,6 +186,29 @@ def student_loss(method: str, outputs: Tuple[Tensor, Optional[Tensor]], teacher_
     return loss
 
 
+def student_linear_loss(method: str, model: Seq2Seq, batch: Batch, teachers: E.LinearTeachers,
+                        logit_anchor: float = 1.0) -> Tensor:
+    """:func:`student_loss` through the fused linear losses, from ``model``'s decoder states and output layer(s)
+    and the teachers' (:func:`linear_teachers`)."""
+    fn_name, has_scale = METHODS[method]
+    states = model.features(batch.src, batch.prev)
+    weight, bias = model.output_layer()
+    if not has_scale:
+        return getattr(E, "linear_" + fn_name)(states, weight, teachers, linear_bias=bias, mask=batch.mask)
+    loss = getattr(E, "linear_" + fn_name)(states, weight, model.log_scale.weight, teachers, loc_bias=bias,
+                                           log_scale_bias=model.log_scale.bias, mask=batch.mask)
+    loss = loss / weight.shape[0]
+    if logit_anchor:
+        loss = loss + logit_anchor * E.linear_ensemble_kl(states, weight, teachers, linear_bias=bias, mask=batch.mask)
+    return loss
+
+
+@torch.no_grad()
+def linear_teachers(teachers: Sequence[Seq2Seq], src: Tensor, prev: Tensor) -> E.LinearTeachers:
+    """The members as their decoder states ``[B, T, d]`` and output layers, one pair per member."""
+    return E.LinearTeachers.from_pairs([(t.features(src, prev), *t.output_layer()) for t in teachers])
+
+
 @torch.no_grad()
 def init_logit_student(model: Seq2Seq, teachers: Sequence[Seq2Seq], batch: Batch) -> None:
     """Start a logit-space student's biases at the teachers' per-class log-prob mean and spread."""
@@ -167,8 +232,10 @@ def build_teacher_cache(teachers: Sequence[Seq2Seq], src, tgt, directory: str, *
     for t in teachers:
         t.eval()
 
+    device = teachers[0].embed.weight.device
+
     def run(indices):
-        b = make_batch([src[i] for i in indices], [tgt[i] for i in indices])
+        b = make_batch([src[i] for i in indices], [tgt[i] for i in indices]).to(device)
         return teacher_logits(teachers, b.src, b.prev)
 
     return E.cache.build_cache(directory, [len(t) + 1 for t in tgt], run, kind="top_k",
@@ -179,28 +246,38 @@ def build_teacher_cache(teachers: Sequence[Seq2Seq], src, tgt, directory: str, *
 
 
 def _distil(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int, batch_size: int,
-            lr: float, rng: np.random.Generator, logit_anchor: float, desc: str,
-            progress: bool, cache=None) -> Tuple[Dict[str, Dict[str, float]], float]:
+            lr: float, rng: np.random.Generator, logit_anchor: float, desc: str, progress: bool,
+            max_tokens: Optional[int] = None, cache=None,
+            linear: bool = False) -> Tuple[Dict[str, Dict[str, float]], float]:
     """``steps`` optimiser steps for every student on the same batches; returns (per-student info, shared s).
-    With a teacher ``cache`` the batches' statistics are read from it instead of running the teachers."""
+    With a teacher ``cache`` the batches' statistics are read from it instead of running the teachers; with
+    ``linear`` the students train through the fused linear losses."""
     for model in students.values():
         model.train()
     opts = {name: _optimizer(model, lr, steps) for name, model in students.items()}
     info = {name: {"train_s": 0.0, "final_loss": float("nan")} for name in students}
     shared_s = 0.0
-    bar = tqdm(batches(src, tgt, batch_size, steps, rng), total=steps, desc=desc, disable=not progress,
+    device = teachers[0].embed.weight.device
+    bar = tqdm(batches(src, tgt, batch_size, steps, rng, max_tokens), total=steps, desc=desc, disable=not progress,
                leave=False, dynamic_ncols=True)
     for i, b in enumerate(bar):
+        b = b.to(device)
         t0 = time.perf_counter()
-        if cache is None:
+        if cache is not None:  # offline distillation: the cached top-k statistics of these sentences
+            stats = cache.batch(b.index, length=b.target.shape[1])
+            logits, stats = None, type(stats)(*(x.to(device) if torch.is_tensor(x) else x for x in stats))
+        elif not linear:
             logits = teacher_logits(teachers, b.src, b.prev)  # [B, T, M, V]
             stats = E.ensemble_stats(logits)  # once per batch, shared by the categorical/Dirichlet losses
-        else:  # offline distillation: the cached top-k statistics of these sentences
-            logits, stats = None, cache.batch(b.index, length=b.target.shape[1])
+        if linear:  # the teachers as decoder states and output layers, or the cached statistics
+            members = stats if cache is not None else linear_teachers(teachers, b.src, b.prev)
         shared_s += time.perf_counter() - t0
         for name, model in students.items():
             t0 = time.perf_counter()
-            loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask, logit_anchor)
+            if linear:
+                loss = student_linear_loss(name, model, b, members, logit_anchor)
+            else:
+                loss = student_loss(name, model(b.src, b.prev), logits, stats, b.mask, logit_anchor)
             _step(model, *opts[name], loss)
             value = loss.item()
             if not math.isfinite(value):
@@ -221,8 +298,10 @@ END2_INIT = ("EnD", "scratch")
 
 def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], src, tgt, *, steps: int,
                    batch_size: int, lr: float, seed: int, logit_anchor: float = 1.0, end2_init: str = "EnD",
-                   progress: bool = True, cache=None) -> Dict[str, Dict[str, float]]:
-    """Distil the ensemble into every student; returns per-student time and final loss.
+                   progress: bool = True, max_tokens: Optional[int] = None, cache=None,
+                   linear: bool = False) -> Dict[str, Dict[str, float]]:
+    """Distil the ensemble into every student; returns per-student time and final loss. ``linear``: through the
+    fused linear losses (see the module docstring).
 
     With ``end2_init="EnD"`` the EnD² student starts from the trained EnD student (an EnD student is
     trained for it if ``students`` has none) and then gets ``steps`` Dirichlet-NLL steps of its own. With a
@@ -236,18 +315,19 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         raise ValueError(f"end2_init: expected one of {END2_INIT}, got {end2_init!r}")
     for t in teachers:
         t.eval()
-    init_batch = next(batches(src, tgt, 8 * batch_size, 1, np.random.default_rng([seed, 21])))
+    device = teachers[0].embed.weight.device
+    init_batch = next(batches(src, tgt, 8 * batch_size, 1, np.random.default_rng([seed, 21]))).to(device)
     for model in students.values():
         if model.log_scale is not None:
             init_logit_student(model, teachers, init_batch)
     warm_end2 = end2_init == "EnD" and "EnD2" in students
     first = {k: v for k, v in students.items() if not (warm_end2 and k == "EnD2")}
     if warm_end2 and "EnD" not in first:  # a private EnD student from the same initialisation
-        first["EnD"] = Seq2Seq(students["EnD2"].cfg)
+        first["EnD"] = Seq2Seq(students["EnD2"].cfg).to(device)
         first["EnD"].load_state_dict(students["EnD2"].state_dict())
     info, shared_s = _distil(first, teachers, src, tgt, steps=steps, batch_size=batch_size, lr=lr,
                              rng=np.random.default_rng([seed, 20]), logit_anchor=logit_anchor, desc="students",
-                             progress=progress, cache=cache)
+                             progress=progress, max_tokens=max_tokens, cache=cache, linear=linear)
     for v in info.values():
         v["teacher_forward_s"] = shared_s
     if warm_end2:
@@ -255,7 +335,8 @@ def train_students(students: Dict[str, Seq2Seq], teachers: Sequence[Seq2Seq], sr
         end2.load_state_dict(first["EnD"].state_dict())
         end2_info, end2_shared = _distil({"EnD2": end2}, teachers, src, tgt, steps=steps, batch_size=batch_size,
                                          lr=lr / 3, rng=np.random.default_rng([seed, 22]), logit_anchor=logit_anchor,
-                                         desc="EnD2 from EnD", progress=progress, cache=cache)
+                                         desc="EnD2 from EnD", progress=progress, max_tokens=max_tokens,
+                                         cache=cache, linear=linear)
         end2_info = end2_info["EnD2"]
         end2_info["train_s"] += info["EnD"]["train_s"]
         end2_info["teacher_forward_s"] = shared_s + end2_shared

@@ -33,9 +33,6 @@ namespace cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-using cpu::kLanes;
-using cpu::VecF;
-
 // One position's listed classes in increasing class order, with the slot of each one's value.
 struct ListedClasses {
   std::vector<int64_t> cls, slot;

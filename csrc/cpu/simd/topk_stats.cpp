@@ -31,9 +31,6 @@ namespace cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-using cpu::kLanes;
-using cpu::VecF;
-
 template <typename T>
 struct Candidate {
   T mean_prob;
