@@ -12,17 +12,13 @@
 
 #include "edd_ext/cpu/capability.h"
 #include "edd_ext/cpu/loss_view.h"
+#include "edd_ext/cpu/simd_limits.h"
 #include "edd_ext/logit_math.h"
 #include "edd_ext/proxy_options.h"
 #include "edd_ext/student_math.h"
 
 namespace edd_ext {
 namespace cpu {
-
-// The smallest model_offset c the SIMD Dirichlet kernels take: below it, alpha = exp(z) + c can underflow
-// and the scalar per-class functions switch to their small-argument forms (tiny_concentration), so those
-// positions route to the scalar kernels.
-constexpr double kMinSimdModelOffset = 1e-6;
 
 // ---- distillation losses (LossView, edd_ext/cpu/loss_view.h): float32 / float16 / bfloat16 students and
 // teachers, float32 math and loss ----

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "edd_ext/cpu/simd_limits.h"
 #include "edd_ext/cpu/teacher_rows.h"
 #include "edd_ext/cpu/vec.h"
 #include "edd_ext/cpu/vec_math.h"
@@ -23,11 +24,6 @@
 namespace edd_ext {
 namespace cpu {
 inline namespace CPU_CAPABILITY {
-
-// The smallest model_offset c the SIMD Dirichlet kernels take: below it, alpha = exp(z) + c can underflow
-// and the scalar per-class functions switch to their small-argument forms (tiny_concentration), so those
-// positions route to the scalar kernels.
-constexpr double kMinSimdModelOffset = 1e-6;
 
 // ---- the student's rows as float32 ----
 // The SIMD loss kernels' per-position bodies take the student rows and write the gradient rows as float32, so
