@@ -45,6 +45,7 @@ from .. import _signatures as S
 from .. import reference
 from ..types import EnsembleStats, TopKEnsembleStats
 from . import fused
+from .losses import proxy_measure_field
 
 __all__ = ["linear_loss", "auto_chunk_size", "LOSSES", "OPTIONS"]
 
@@ -181,7 +182,7 @@ def _kernel_loss(loss, students, teacher, mask, reduction, compute_grad, o):
     elif loss == "proxy_dirichlet_kl":
         rows = measure = None
         if stats is not None:
-            rows, measure = stats.mean_probs, stats.rmi if o["precision"] == "mkl" else stats.epkl
+            rows, measure = stats.mean_probs, getattr(stats, proxy_measure_field(o["precision"]))
         out = ops.proxy_dirichlet_kl(students[0], logits, rows, measure, mask, o["direction"], o["precision"],
                                      o["model_offset"], o["target_offset"], o["eps"], o["max_precision"],
                                      o["reference_code_compat"], reduction, compute_grad)
@@ -201,7 +202,7 @@ def _top_k_kernel_loss(loss, student, teacher, mask, reduction, compute_grad, o)
         return ops.topk_dirichlet_nll(student, indices, teacher.mean_log_probs, teacher.tail_mean_log_prob, mask,
                                       o["model_offset"], reduction, compute_grad)
     if loss == "proxy_dirichlet_kl":
-        measure = teacher.rmi if o["precision"] == "mkl" else teacher.epkl
+        measure = getattr(teacher, proxy_measure_field(o["precision"]))
         return ops.topk_proxy_dirichlet_kl(student, indices, teacher.mean_probs, teacher.tail_mass, measure, mask,
                                            o["direction"], o["precision"], o["model_offset"], o["target_offset"],
                                            o["eps"], o["max_precision"], o["reference_code_compat"], reduction,

@@ -187,6 +187,12 @@ if has_extension():
 # ``teacher`` is ``[*, M, V]`` logits or an EnsembleStats; each wrapper passes the op the one form it got.
 
 
+def proxy_measure_field(precision: str) -> str:
+    """The teacher measure the compiled proxy-KL ops read for the target precision (SPEC section 2.2): ``"rmi"``
+    for ``precision="mkl"``, ``"epkl"`` otherwise (a ``[*]`` field of EnsembleStats and TopKEnsembleStats)."""
+    return "rmi" if precision == "mkl" else "epkl"
+
+
 def _logits_or(teacher, field: str):
     """(teacher logits or None, the EnsembleStats field or None)."""
     if isinstance(teacher, EnsembleStats):
@@ -207,7 +213,7 @@ def proxy_dirichlet_kl(student_logits: Tensor, teacher, *, direction: str, preci
                        target_offset: float, eps: float, max_precision: Optional[float],
                        reference_code_compat: bool, mask: Optional[Tensor], reduction: str) -> Tensor:
     logits, mean_probs = _logits_or(teacher, "mean_probs")
-    measure = None if logits is not None else _logits_or(teacher, "rmi" if precision == "mkl" else "epkl")[1]
+    measure = None if logits is not None else _logits_or(teacher, proxy_measure_field(precision))[1]
     loss, _ = torch.ops.edd_ext.proxy_dirichlet_kl(
         student_logits, logits, mean_probs, measure, mask, direction, precision, float(model_offset),
         float(target_offset), float(eps), None if max_precision is None else float(max_precision),

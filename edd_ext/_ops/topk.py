@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..types import TopKEnsembleStats
 from . import NUM_MEASURES, has_extension, stats_dtype
-from .losses import REDUCTION_CODES, _requires_grad
+from .losses import REDUCTION_CODES, _requires_grad, proxy_measure_field
 
 __all__ = ["ensemble_stats", "dirichlet_nll", "proxy_dirichlet_kl", "ensemble_kl"]
 
@@ -50,7 +50,7 @@ def dirichlet_nll(student_logits: Tensor, teacher: TopKEnsembleStats, *, model_o
 def proxy_dirichlet_kl(student_logits: Tensor, teacher: TopKEnsembleStats, *, direction: str, precision: str,
                        model_offset: float, target_offset: float, eps: float, max_precision: Optional[float],
                        reference_code_compat: bool, mask: Optional[Tensor], reduction: str) -> Tensor:
-    measure = teacher.rmi if precision == "mkl" else teacher.epkl
+    measure = getattr(teacher, proxy_measure_field(precision))
     loss, _ = torch.ops.edd_ext.topk_proxy_dirichlet_kl(
         student_logits, *_listed(teacher, "mean_probs"), teacher.tail_mass.detach(), measure.detach(), mask,
         direction, precision, float(model_offset), float(target_offset), float(eps),
